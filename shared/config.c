@@ -1,0 +1,242 @@
+/*
+ * config.c - table-driven settings: defaults < environment < flags.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define FIELD(cfg, opt, T) ((T *)(void *)((char *)(cfg) + (opt)->offset))
+
+static int parse_bool(const char *s, int *out)
+{
+    static const char *const yes[] = { "1", "true", "yes", "on" };
+    static const char *const no[] = { "0", "false", "no", "off", "" };
+    for (size_t i = 0; i < sizeof yes / sizeof *yes; i++)
+        if (strcasecmp(s, yes[i]) == 0) { *out = 1; return PAYQ_OK; }
+    for (size_t i = 0; i < sizeof no / sizeof *no; i++)
+        if (strcasecmp(s, no[i]) == 0) { *out = 0; return PAYQ_OK; }
+    return PAYQ_ERR_CONFIG;
+}
+
+/* Reads a whole small file, trailing newlines removed. Caller frees. */
+static char *read_secret_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    char buf[4096];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        buf[--n] = 0;
+    return strdup(buf);
+}
+
+static int set_value(const struct cfg_opt *o, void *cfg, const char *value, const char *source,
+                     char *err, size_t errlen)
+{
+    switch (o->type) {
+    case CFG_STR:
+    case CFG_SECRET:
+        *FIELD(cfg, o, const char *) = value;
+        return PAYQ_OK;
+    case CFG_BOOL: {
+        int b;
+        if (parse_bool(value, &b) != PAYQ_OK) {
+            snprintf(err, errlen, "%s: expected true or false, got \"%s\"", source, value);
+            return PAYQ_ERR_CONFIG;
+        }
+        *FIELD(cfg, o, int) = b;
+        return PAYQ_OK;
+    }
+    case CFG_INT: {
+        char *end;
+        errno = 0;
+        long v = strtol(value, &end, 10);
+        if (errno || end == value || *end || v < o->min || v > o->max) {
+            snprintf(err, errlen, "%s: expected an integer from %ld to %ld, got \"%s\"", source,
+                     o->min, o->max, value);
+            return PAYQ_ERR_CONFIG;
+        }
+        *FIELD(cfg, o, long) = v;
+        return PAYQ_OK;
+    }
+    }
+    return PAYQ_ERR_CONFIG;
+}
+
+static int apply_env(const struct cfg_opt *o, void *cfg, struct cfg_strings *owned, char *err,
+                     size_t errlen)
+{
+    if (!o->env)
+        return PAYQ_OK;
+    const char *v = getenv(o->env);
+    if (v)
+        return set_value(o, cfg, v, o->env, err, errlen);
+    if (o->type != CFG_SECRET)
+        return PAYQ_OK;
+    char name[128];
+    snprintf(name, sizeof name, "%s_FILE", o->env);
+    const char *path = getenv(name);
+    if (!path)
+        return PAYQ_OK;
+    if (owned->n == (int)(sizeof owned->s / sizeof owned->s[0])) {
+        snprintf(err, errlen, "%s: too many settings read from files", name);
+        return PAYQ_ERR_CONFIG;
+    }
+    char *s = read_secret_file(path);
+    if (!s) {
+        snprintf(err, errlen, "%s: cannot read %s: %s", name, path, strerror(errno));
+        return PAYQ_ERR_CONFIG;
+    }
+    owned->s[owned->n++] = s;
+    *FIELD(cfg, o, const char *) = s;
+    return PAYQ_OK;
+}
+
+int cfg_parse(const struct cfg_opt *opts, void *cfg, struct cfg_strings *owned, int argc,
+              char **argv, int *nargs, int *help, char *err, size_t errlen)
+{
+    int rc;
+    *help = 0;
+    for (const struct cfg_opt *o = opts; o->flag; o++) {
+        if (o->type == CFG_STR || o->type == CFG_SECRET)
+            *FIELD(cfg, o, const char *) = o->def;
+        else if (o->type == CFG_BOOL)
+            *FIELD(cfg, o, int) = 0;
+        else
+            *FIELD(cfg, o, long) = 0;
+        if (o->def && o->type != CFG_STR && o->type != CFG_SECRET &&
+            (rc = set_value(o, cfg, o->def, o->flag, err, errlen)) != PAYQ_OK)
+            return rc;
+    }
+    for (const struct cfg_opt *o = opts; o->flag; o++)
+        if ((rc = apply_env(o, cfg, owned, err, errlen)) != PAYQ_OK)
+            return rc;
+
+    int out = 1, only_args = 0;
+    for (int i = 1; i < argc; i++) {
+        char *a = argv[i];
+        if (only_args || a[0] != '-' || a[1] == 0) {
+            argv[out++] = a;
+            continue;
+        }
+        if (strcmp(a, "--") == 0) {
+            only_args = 1;
+            continue;
+        }
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            *help = 1;
+            continue;
+        }
+        if (a[1] != '-') {
+            snprintf(err, errlen, "unknown option %s (see --help)", a);
+            return PAYQ_ERR_CONFIG;
+        }
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+        const struct cfg_opt *o = opts;
+        while (o->flag && !(strlen(o->flag) == nlen && strncmp(o->flag, name, nlen) == 0))
+            o++;
+        if (!o->flag) {
+            snprintf(err, errlen, "unknown option --%.*s (see --help)", (int)nlen, name);
+            return PAYQ_ERR_CONFIG;
+        }
+        const char *value;
+        if (o->type == CFG_BOOL && !eq) {
+            value = "true";
+        } else if (eq) {
+            value = eq + 1;
+        } else if (i + 1 < argc) {
+            value = argv[++i];
+        } else {
+            snprintf(err, errlen, "option --%s needs a value (see --help)", o->flag);
+            return PAYQ_ERR_CONFIG;
+        }
+        char source[80];
+        snprintf(source, sizeof source, "--%s", o->flag);
+        if ((rc = set_value(o, cfg, value, source, err, errlen)) != PAYQ_OK)
+            return rc;
+    }
+    *nargs = out - 1;
+    for (int i = out; i < argc; i++)
+        argv[i] = NULL;
+    return PAYQ_OK;
+}
+
+void cfg_strings_free(struct cfg_strings *owned)
+{
+    for (int i = 0; i < owned->n; i++)
+        free(owned->s[i]);
+    owned->n = 0;
+}
+
+void cfg_usage(FILE *out, const struct cfg_opt *opts)
+{
+    for (const struct cfg_opt *o = opts; o->flag; o++) {
+        char left[64];
+        if (o->type == CFG_BOOL)
+            snprintf(left, sizeof left, "--%s", o->flag);
+        else
+            snprintf(left, sizeof left, "--%s %s", o->flag, o->metavar ? o->metavar : "VALUE");
+        fprintf(out, "  %-28s %s\n", left, o->help);
+        if (o->env || o->def) {
+            fprintf(out, "  %-28s ", "");
+            if (o->env)
+                fprintf(out, "env %s%s", o->env, o->type == CFG_SECRET ? " or " : "");
+            if (o->env && o->type == CFG_SECRET)
+                fprintf(out, "%s_FILE", o->env);
+            if (o->def && *o->def) {
+                char red[256];
+                cfg_redact_url(o->def, red, sizeof red);
+                fprintf(out, "%sdefault %s", o->env ? "; " : "", red);
+            }
+            fputc('\n', out);
+        }
+    }
+}
+
+void cfg_redact_url(const char *url, char *out, size_t len)
+{
+    if (!len)
+        return;
+    if (!url) {
+        snprintf(out, len, "(unset)");
+        return;
+    }
+    const char *scheme = strstr(url, "://");
+    if (scheme) {
+        const char *auth = scheme + 3;
+        const char *at = strchr(auth, '@');
+        const char *slash = strchr(auth, '/');
+        const char *colon = strchr(auth, ':');
+        if (at && (!slash || at < slash) && colon && colon < at) {
+            snprintf(out, len, "%.*s:***%s", (int)(colon - url), url, at);
+            return;
+        }
+        snprintf(out, len, "%s", url);
+        return;
+    }
+    /* libpq keyword/value string: mask the value of password=... */
+    const char *pw = strstr(url, "password=");
+    if (!pw) {
+        snprintf(out, len, "%s", url);
+        return;
+    }
+    const char *end = pw + 9;
+    if (*end == '\'') {
+        end++;
+        while (*end && *end != '\'')
+            end += (*end == '\\' && end[1]) ? 2 : 1;
+        if (*end)
+            end++;
+    } else {
+        while (*end && *end != ' ')
+            end++;
+    }
+    snprintf(out, len, "%.*spassword=***%s", (int)(pw - url), url, end);
+}

@@ -1,0 +1,145 @@
+/*
+ * test_schema.c - the database enforces the invariants itself: migrations
+ * are idempotent and tamper-evident, postings balance, wallets never go
+ * below zero, balances move only through the ledger, and the ledger and the
+ * event store are append-only.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+
+static int run(const char *cmd)
+{
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_migrate_idempotent_and_tamper_evident(void **state)
+{
+    (void)state;
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s/worker/payq-worker migrate --sql-dir %s/sql 2>/dev/null",
+             PAYQ_BINARY_DIR, PAYQ_SOURCE_DIR);
+    assert_int_equal(run(cmd), 0);
+    assert_int_equal(run(cmd), 0);
+    snprintf(cmd, sizeof cmd, "ls %s/sql/[0-9][0-9][0-9]_*.sql | wc -l", PAYQ_SOURCE_DIR);
+    FILE *p = popen(cmd, "r");
+    int files = 0;
+    assert_int_equal(fscanf(p, "%d", &files), 1);
+    pclose(p);
+    assert_true(files >= 2);
+    assert_int_equal(h_int("SELECT count(*) FROM payq.schema_migrations", 0, NULL), files);
+
+    /* An applied migration that was edited afterwards is refused. */
+    char dir[] = "/tmp/payq-sql-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    snprintf(cmd, sizeof cmd,
+             "cp %s/sql/*.sql %s/ && echo '-- edited' >> %s/001_ledger.sql && "
+             "%s/worker/payq-worker migrate --sql-dir %s 2>/dev/null",
+             PAYQ_SOURCE_DIR, dir, dir, PAYQ_BINARY_DIR, dir);
+    assert_int_equal(run(cmd), 1);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(run(cmd), 0);
+}
+
+/* Two accounts made directly in SQL, with money in the customer's. */
+static void make_accounts(const char *cust, const char *merch)
+{
+    const char *p[2] = { cust, merch };
+    assert_string_equal(h_exec("SELECT payq.ensure_system_accounts('USD')", 0, NULL), "");
+    assert_string_equal(h_exec("INSERT INTO payq.accounts (id, currency, kind) VALUES"
+                               " ($1, 'USD', 'customer'), ($2, 'USD', 'merchant')",
+                               2, p),
+                        "");
+    const char *f[1] = { cust };
+    assert_string_equal(h_exec("SELECT payq.post('deposit', $1 || '-fund', 'USD',"
+                               " ARRAY['@external:USD', $1], ARRAY[-100, 100]::bigint[])",
+                               1, f),
+                        "");
+    assert_int_equal(h_balance(cust), 100);
+}
+
+static void test_postings_must_balance(void **state)
+{
+    (void)state;
+    const char *c = h_id("s-cust"), *m = h_id("s-merch");
+    make_accounts(c, m);
+    const char *p[3] = { h_id("unbalanced"), c, m };
+    /* 23514 check_violation, raised at COMMIT by the deferred trigger. */
+    assert_string_equal(h_exec("SELECT payq.post('payment', $1, 'USD', ARRAY[$2, $3],"
+                               " ARRAY[-10, 9]::bigint[])",
+                               3, p),
+                        "23514");
+    assert_int_equal(h_balance(c), 100);
+    const char *q[3] = { h_id("balanced"), c, m };
+    assert_string_equal(h_exec("SELECT payq.post('payment', $1, 'USD', ARRAY[$2, $3],"
+                               " ARRAY[-10, 10]::bigint[])",
+                               3, q),
+                        "");
+    assert_int_equal(h_balance(c), 90);
+    assert_int_equal(h_balance(m), 10);
+}
+
+static void test_no_overdraft(void **state)
+{
+    (void)state;
+    const char *c = h_id("o-cust"), *m = h_id("o-merch");
+    make_accounts(c, m);
+    const char *p[3] = { h_id("overdraw"), c, m };
+    assert_string_equal(h_exec("SELECT payq.post('payment', $1, 'USD', ARRAY[$2, $3],"
+                               " ARRAY[-101, 101]::bigint[])",
+                               3, p),
+                        "23514");
+    assert_int_equal(h_balance(c), 100);
+}
+
+static void test_balances_only_through_ledger(void **state)
+{
+    (void)state;
+    const char *c = h_id("b-cust"), *m = h_id("b-merch");
+    make_accounts(c, m);
+    const char *p[1] = { c };
+    assert_string_equal(h_exec("UPDATE payq.accounts SET posted = posted + 1000 WHERE id = $1",
+                               1, p),
+                        "42501");
+    assert_int_equal(h_balance(c), 100);
+}
+
+static void test_append_only(void **state)
+{
+    (void)state;
+    const char *c = h_id("a-cust"), *m = h_id("a-merch");
+    make_accounts(c, m);
+    const char *p[1] = { c };
+    assert_string_equal(h_exec("UPDATE payq.ledger_entries SET amount = amount * 2"
+                               " WHERE account_id = $1", 1, p),
+                        "42501");
+    assert_string_equal(h_exec("DELETE FROM payq.ledger_entries WHERE account_id = $1", 1, p),
+                        "42501");
+    assert_string_equal(h_exec("TRUNCATE payq.ledger_entries CASCADE", 0, NULL), "42501");
+    assert_string_equal(h_exec("DELETE FROM payq.postings WHERE ref = $1 || '-fund'", 1, p),
+                        "42501");
+    assert_string_equal(h_exec("DELETE FROM payq.payment_events", 0, NULL), "42501");
+    assert_int_equal(h_balance(c), 100);
+}
+
+int main(void)
+{
+    h_init();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_migrate_idempotent_and_tamper_evident),
+        cmocka_unit_test(test_postings_must_balance),
+        cmocka_unit_test(test_no_overdraft),
+        cmocka_unit_test(test_balances_only_through_ledger),
+        cmocka_unit_test(test_append_only),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,45 @@
+/*
+ * apply.h - from a delivery to its outcome.
+ *
+ * apply_delivery validates the delivery (cmd.h), applies it through
+ * payq.apply_command() in one transaction, and says what the worker must do
+ * next. It publishes nothing and acks nothing: worker.c does that, after
+ * this has returned, so the ack always follows a durable outcome.
+ */
+#ifndef PAYQ_APPLY_H
+#define PAYQ_APPLY_H
+
+#include <stdbool.h>
+
+#include "db.h"
+#include "mq.h"
+
+enum outcome_kind {
+    OUTCOME_DONE,        /* applied or refused by the business: reply, ack */
+    OUTCOME_DEAD_LETTER, /* can never be applied as sent: DLQ, reply, ack */
+    OUTCOME_RETRY,       /* transient trouble: a delayed retry, ack */
+    OUTCOME_DB_LOST      /* the database connection is gone: reconnect, then apply again */
+};
+
+struct outcome {
+    enum outcome_kind kind;
+    char reason[32];    /* x-payq-reason for dead letters: a CONTRACT.md code */
+    char error[1024];   /* human text (dead letters, retries, logs) */
+    char sqlstate[6];   /* when the database failed */
+    char *reply;        /* JSON reply body (malloc'd) or NULL; owned by the outcome */
+    bool redact;        /* the body holds a card number: mask it before it goes anywhere */
+    char command[32];   /* for logs */
+    char id[65];        /* business id, for logs */
+};
+
+void outcome_clear(struct outcome *o);
+
+struct apply_opts {
+    const char *fault; /* fault injection point name (testing), may be NULL */
+};
+
+/* Fills *out (which the caller clears with outcome_clear). */
+void apply_delivery(db_t *db, const struct mq_delivery *d, const struct apply_opts *opts,
+                    struct outcome *out);
+
+#endif

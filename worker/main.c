@@ -1,0 +1,227 @@
+/*
+ * payq-worker - consumes payment commands and applies them to PostgreSQL.
+ *
+ *   payq-worker [run]     migrate (unless --no-migrate), then consume until SIGTERM
+ *   payq-worker migrate   apply the SQL migrations and exit
+ *   payq-worker version   print the version
+ *
+ * Signals are taken by sigwait() in the main thread, so no code runs in a
+ * signal handler: the first SIGTERM/SIGINT asks every thread to finish the
+ * delivery in hand and stop; a second one exits at once.
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "db.h"
+#include "log.h"
+#include "worker.h"
+
+#define OPT(f, e, t, d, lo, hi, field, mv, h) \
+    { f, e, t, d, lo, hi, offsetof(struct worker_config, field), mv, h }
+
+static const struct cfg_opt options[] = {
+    OPT("amqp-url", "AMQP_URL", CFG_SECRET, "amqp://guest:guest@localhost:5672", 0, 0, amqp_url,
+        "URL", "RabbitMQ to consume from (amqp:// or amqps://user:password@host:port/vhost)"),
+    OPT("database-url", "DATABASE_URL", CFG_SECRET, "", 0, 0, database_url, "URL",
+        "PostgreSQL to apply commands to (postgresql://user:password@host:port/db); "
+        "empty = libpq's PGHOST, PGUSER, ... variables"),
+    OPT("threads", "PAYQ_THREADS", CFG_INT, "2", 1, 256, threads, "N",
+        "worker threads, each with its own broker and database connection"),
+    OPT("prefetch", "PAYQ_PREFETCH", CFG_INT, "32", 1, 65535, prefetch, "N",
+        "unacked deliveries the broker may send each thread ahead (basic.qos)"),
+    OPT("queue", "PAYQ_QUEUE", CFG_STR, "payq.commands", 0, 0, queue, "NAME",
+        "work queue to consume"),
+    OPT("max-attempts", "PAYQ_MAX_ATTEMPTS", CFG_INT, "8", 1, 1000, max_attempts, "N",
+        "attempts of a transiently failing command before it is dead-lettered "
+        "(retries_exhausted)"),
+    OPT("retry-base-ms", "PAYQ_RETRY_BASE_MS", CFG_INT, "1000", 1, 3600000, retry_base_ms, "MS",
+        "first retry delay ceiling; doubles per attempt, full jitter, rounded up to a delay tier"),
+    OPT("retry-cap-ms", "PAYQ_RETRY_CAP_MS", CFG_INT, "3600000", 1, 3600000, retry_cap_ms, "MS",
+        "largest retry delay"),
+    OPT("heartbeat", "PAYQ_HEARTBEAT", CFG_INT, "30", 0, 3600, heartbeat, "SEC",
+        "AMQP heartbeat interval (0 = off)"),
+    OPT("statement-timeout-ms", "PAYQ_STATEMENT_TIMEOUT_MS", CFG_INT, "5000", 0, 600000,
+        statement_timeout_ms, "MS",
+        "longest database statement; keep well under the heartbeat"),
+    OPT("no-migrate", "PAYQ_NO_MIGRATE", CFG_BOOL, NULL, 0, 0, no_migrate, NULL,
+        "do not apply SQL migrations at start"),
+    OPT("no-declare", "PAYQ_NO_DECLARE", CFG_BOOL, NULL, 0, 0, no_declare, NULL,
+        "do not declare the RabbitMQ topology at start (it was imported from definitions.json)"),
+    OPT("sql-dir", "PAYQ_SQL_DIR", CFG_STR, NULL, 0, 0, sql_dir, "DIR",
+        "directory of the SQL migrations (default: the source tree's sql/, else "
+        "/usr/local/share/payq/sql)"),
+    OPT("log-level", "PAYQ_LOG_LEVEL", CFG_STR, "info", 0, 0, log_level, "LEVEL",
+        "debug, info, warn or error"),
+    OPT("fault", "PAYQ_FAULT", CFG_STR, NULL, 0, 0, fault, "POINT",
+        "testing only: SIGKILL the worker at POINT (after_commit)"),
+    CFG_END
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: payq-worker [COMMAND] [OPTIONS]\n"
+            "\n"
+            "Consumes payment commands from RabbitMQ and applies each one exactly once to\n"
+            "PostgreSQL, replying to reply_to and dead-lettering what can never succeed.\n"
+            "\n"
+            "Commands:\n"
+            "  run        migrate the database (unless --no-migrate), then consume until\n"
+            "             SIGTERM or SIGINT (the default)\n"
+            "  migrate    apply the SQL migrations in --sql-dir and exit\n"
+            "  version    print the version and exit\n"
+            "\n"
+            "Options (each also read from the environment variable shown):\n");
+    cfg_usage(out, options);
+    fprintf(out,
+            "\n"
+            "Passwords belong in AMQP_URL / DATABASE_URL or in files named by\n"
+            "AMQP_URL_FILE / DATABASE_URL_FILE, not on the command line, where `ps` shows\n"
+            "them. They are never logged.\n"
+            "\n"
+            "Exit status: 0 after a clean stop or migration, 1 on a runtime error,\n"
+            "2 on a usage or configuration error.\n"
+            "\n"
+            "Example:\n"
+            "  AMQP_URL=amqp://payq:payq@127.0.0.1:5673 \\\n"
+            "  DATABASE_URL=postgresql://payq:payq@127.0.0.1:5433/payq payq-worker --threads 4\n");
+}
+
+static int migrate(const struct worker_config *cfg)
+{
+    db_t *db;
+    const char *dir = cfg->sql_dir ? cfg->sql_dir : db_default_sql_dir();
+    if (db_connect(cfg->database_url, "payq-worker migrate", 0, &db) != PAYQ_OK) {
+        char red[512];
+        cfg_redact_url(cfg->database_url && *cfg->database_url ? cfg->database_url
+                                                                : "(PG* environment)",
+                       red, sizeof red);
+        log_error("cannot migrate: no database at %s — is PostgreSQL running? "
+                  "(bash tests/stack.sh up starts a local one)", red);
+        return 1;
+    }
+    int applied = 0;
+    int rc = db_migrate(db, dir, &applied);
+    db_close(db);
+    if (rc != PAYQ_OK)
+        return 1;
+    log_info("database schema is current (%d migration%s applied now, from %s)", applied,
+             applied == 1 ? "" : "s", dir);
+    return 0;
+}
+
+static int run(const struct worker_config *cfg)
+{
+    if (!cfg->no_migrate && migrate(cfg) != 0)
+        return 1;
+    char red[512];
+    cfg_redact_url(cfg->amqp_url, red, sizeof red);
+    log_info("payq-worker %s starting: %ld thread(s), broker %s", PAYQ_VERSION, cfg->threads,
+             red);
+
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL); /* inherited by every thread */
+    signal(SIGPIPE, SIG_IGN);
+
+    struct worker_shared shared = { .cfg = cfg };
+    atomic_init(&shared.stop, 0);
+    pthread_t *tids = calloc((size_t)cfg->threads, sizeof *tids);
+    struct worker_thread_arg *args = calloc((size_t)cfg->threads, sizeof *args);
+    if (!tids || !args) {
+        free(tids);
+        free(args);
+        log_error("out of memory");
+        return 1;
+    }
+    long started = 0;
+    for (long i = 0; i < cfg->threads; i++) {
+        args[i].shared = &shared;
+        args[i].index = (int)i;
+        if (pthread_create(&tids[i], NULL, worker_thread, &args[i]) != 0) {
+            log_error("cannot start thread %ld", i);
+            atomic_store(&shared.stop, 1);
+            break;
+        }
+        started++;
+    }
+
+    int sig;
+    if (started == cfg->threads && sigwait(&set, &sig) == 0) {
+        log_info("received %s: finishing the deliveries in hand, then stopping",
+                 sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        atomic_store(&shared.stop, 1);
+    }
+    /* A second signal while draining exits at once: unacked deliveries are
+     * redelivered, so nothing is lost. */
+    for (long i = 0; i < started; i++) {
+        struct timespec ts;
+        for (;;) {
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += 1;
+            if (pthread_timedjoin_np(tids[i], NULL, &ts) == 0)
+                break;
+            struct timespec zero = { 0, 0 };
+            if (sigtimedwait(&set, NULL, &zero) > 0) {
+                log_warn("second signal: exiting now");
+                _exit(1);
+            }
+        }
+    }
+    free(tids);
+    free(args);
+    log_info("payq-worker stopped");
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct worker_config cfg;
+    struct cfg_strings owned = { { 0 }, 0 };
+    char err[512];
+    int nargs, help;
+    memset(&cfg, 0, sizeof cfg);
+    if (cfg_parse(options, &cfg, &owned, argc, argv, &nargs, &help, err, sizeof err) != PAYQ_OK) {
+        fprintf(stderr, "payq-worker: %s\n", err);
+        return 2;
+    }
+    if (help) {
+        usage(stdout);
+        cfg_strings_free(&owned);
+        return 0;
+    }
+    int level = log_level_parse(cfg.log_level);
+    if (level < 0) {
+        fprintf(stderr, "payq-worker: --log-level must be debug, info, warn or error\n");
+        cfg_strings_free(&owned);
+        return 2;
+    }
+    log_init("payq-worker", (enum log_level)level);
+    const char *command = nargs > 0 ? argv[1] : "run";
+    int rc;
+    if (nargs > 1) {
+        fprintf(stderr, "payq-worker: unexpected argument %s (see --help)\n", argv[2]);
+        rc = 2;
+    } else if (strcmp(command, "run") == 0) {
+        rc = run(&cfg);
+    } else if (strcmp(command, "migrate") == 0) {
+        rc = migrate(&cfg);
+    } else if (strcmp(command, "version") == 0) {
+        printf("payq-worker %s\n", PAYQ_VERSION);
+        rc = 0;
+    } else {
+        fprintf(stderr, "payq-worker: unknown command %s (run, migrate or version; see --help)\n",
+                command);
+        rc = 2;
+    }
+    cfg_strings_free(&owned);
+    return rc;
+}

@@ -1,0 +1,426 @@
+/*
+ * worker.c - a worker thread: connections, the consume loop, and the
+ * publication of each outcome before its ack.
+ */
+#include "worker.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "apply.h"
+#include "backoff.h"
+#include "cmd.h"
+#include "db.h"
+#include "log.h"
+#include "mq.h"
+#include "topology.h"
+
+/* How long to wait for the broker to confirm an outcome before giving up on
+ * the connection (the delivery is then redelivered). */
+#define CONFIRM_TIMEOUT_MS 30000
+
+struct thread_ctx {
+    const struct worker_config *cfg;
+    struct worker_shared *shared;
+    int index;
+    char name[128];
+    mq_t *mq;
+    db_t *db;
+    struct backoff reconnect;
+};
+
+static bool stopping(const struct thread_ctx *t)
+{
+    return atomic_load(&t->shared->stop) != 0;
+}
+
+/* Sleeps up to ms, in short steps so a stop request is seen at once. */
+static void nap(const struct thread_ctx *t, long ms)
+{
+    while (ms > 0 && !stopping(t)) {
+        long step = ms < 100 ? ms : 100;
+        struct timespec ts = { 0, step * 1000000L };
+        nanosleep(&ts, NULL);
+        ms -= step;
+    }
+}
+
+static void rfc3339_now(char *buf, size_t len)
+{
+    struct timespec now;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &now);
+    gmtime_r(&now.tv_sec, &tm);
+    size_t n = strftime(buf, len, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf + n, len - n, ".%03ldZ", now.tv_nsec / 1000000);
+}
+
+/* Headers of a republished copy: the original ones except payq's own,
+ * followed by payq's. Strings point into the delivery or into `store`. */
+struct headers {
+    amqp_table_entry_t e[96];
+    int n;
+    char store[8][1100];
+    int nstore;
+};
+
+static void h_keep_original(struct headers *h, const amqp_basic_properties_t *p)
+{
+    if (!(p->_flags & AMQP_BASIC_HEADERS_FLAG))
+        return;
+    for (int i = 0; i < p->headers.num_entries && h->n < 80; i++) {
+        const amqp_table_entry_t *e = &p->headers.entries[i];
+        if (e->key.len >= 7 && memcmp(e->key.bytes, "x-payq-", 7) == 0)
+            continue;
+        h->e[h->n++] = *e;
+    }
+}
+
+static void h_str(struct headers *h, const char *key, const char *value)
+{
+    char *s = h->store[h->nstore++];
+    snprintf(s, sizeof h->store[0], "%s", value);
+    h->e[h->n].key = amqp_cstring_bytes(key);
+    h->e[h->n].value.kind = AMQP_FIELD_KIND_UTF8;
+    h->e[h->n].value.value.bytes = amqp_cstring_bytes(s);
+    h->n++;
+}
+
+static void h_int(struct headers *h, const char *key, int64_t v)
+{
+    h->e[h->n].key = amqp_cstring_bytes(key);
+    h->e[h->n].value.kind = AMQP_FIELD_KIND_I64;
+    h->e[h->n].value.value.i64 = v;
+    h->n++;
+}
+
+static void h_bool(struct headers *h, const char *key, bool v)
+{
+    h->e[h->n].key = amqp_cstring_bytes(key);
+    h->e[h->n].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+    h->e[h->n].value.value.boolean = v;
+    h->n++;
+}
+
+/* Copies the header value `key` of the delivery into `out`, or `def`. */
+static void header_or(const amqp_basic_properties_t *p, const char *key, const char *def,
+                      char *out, size_t len)
+{
+    amqp_bytes_t b;
+    if (mq_header_str(p, key, &b) && b.len < len) {
+        memcpy(out, b.bytes, b.len);
+        out[b.len] = 0;
+    } else {
+        snprintf(out, len, "%s", def);
+    }
+}
+
+/*
+ * Fills the headers and properties of a copy of `d` bound for the DLQ or a
+ * delay tier: the original properties (user_id moved to a header, since only
+ * its publisher may set it), the original headers, and payq's.
+ */
+static void copy_props(const struct mq_delivery *d, const struct outcome *o, int attempts,
+                       struct headers *h, amqp_basic_properties_t *props)
+{
+    const amqp_basic_properties_t *p = &d->message.properties;
+    char now[40], first[64], orig_x[256], orig_rk[256];
+    rfc3339_now(now, sizeof now);
+    header_or(p, "x-payq-first-failure-at", now, first, sizeof first);
+    header_or(p, "x-payq-original-exchange", d->exchange, orig_x, sizeof orig_x);
+    header_or(p, "x-payq-original-routing-key", d->routing_key, orig_rk, sizeof orig_rk);
+
+    h->n = h->nstore = 0;
+    h_keep_original(h, p);
+    if (o->reason[0])
+        h_str(h, "x-payq-reason", o->reason);
+    h_str(h, "x-payq-error", o->error); /* at most 1 KiB: outcome.error's size */
+    h_int(h, "x-payq-attempts", attempts);
+    h_str(h, "x-payq-first-failure-at", first);
+    h_str(h, "x-payq-last-failure-at", now);
+    h_str(h, "x-payq-original-exchange", orig_x);
+    h_str(h, "x-payq-original-routing-key", orig_rk);
+    if (p->_flags & AMQP_BASIC_USER_ID_FLAG) {
+        char user[256];
+        snprintf(user, sizeof user, "%.*s", (int)p->user_id.len, (const char *)p->user_id.bytes);
+        h_str(h, "x-payq-user-id", user);
+    } else {
+        amqp_bytes_t u;
+        if (mq_header_str(p, "x-payq-user-id", &u)) {
+            char user[256];
+            snprintf(user, sizeof user, "%.*s", (int)u.len, (const char *)u.bytes);
+            h_str(h, "x-payq-user-id", user);
+        }
+    }
+
+    *props = *p;
+    props->_flags &= ~(amqp_flags_t)AMQP_BASIC_USER_ID_FLAG;
+    props->_flags |= AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
+    props->delivery_mode = AMQP_DELIVERY_PERSISTENT;
+    props->headers.num_entries = h->n;
+    props->headers.entries = h->e;
+}
+
+static int attempts_so_far(const struct mq_delivery *d)
+{
+    int64_t n;
+    if (mq_header_int(&d->message.properties, "x-payq-attempts", &n) && n >= 0 && n < 1000000)
+        return (int)n;
+    return 0;
+}
+
+/* Publishes the reply, if the command asked for one (not mandatory: a
+ * publisher that went away must not block the queue). */
+static int publish_reply(struct thread_ctx *t, const struct mq_delivery *d,
+                         const struct outcome *o)
+{
+    const amqp_basic_properties_t *p = &d->message.properties;
+    if (!o->reply || !(p->_flags & AMQP_BASIC_REPLY_TO_FLAG) || p->reply_to.len == 0)
+        return PAYQ_OK;
+    char reply_to[256];
+    snprintf(reply_to, sizeof reply_to, "%.*s", (int)p->reply_to.len,
+             (const char *)p->reply_to.bytes);
+    amqp_basic_properties_t rp;
+    memset(&rp, 0, sizeof rp);
+    rp._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
+    rp.content_type = amqp_cstring_bytes("application/json");
+    rp.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+    if (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG) {
+        rp._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
+        rp.correlation_id = p->correlation_id;
+    }
+    return mq_publish(t->mq, "", reply_to, false, &rp, o->reply, strlen(o->reply), NULL);
+}
+
+/* Sends a copy of the delivery to the DLQ (mandatory: it must land). */
+static int publish_dead_letter(struct thread_ctx *t, const struct mq_delivery *d,
+                               const struct outcome *o, int attempts)
+{
+    struct headers h;
+    amqp_basic_properties_t props;
+    copy_props(d, o, attempts, &h, &props);
+
+    /* A card number never reaches the DLQ: mask it and say so. */
+    char *body = malloc(d->message.body.len + 1);
+    if (!body)
+        return PAYQ_ERR_NOMEM;
+    memcpy(body, d->message.body.bytes, d->message.body.len);
+    if (cmd_redact_card_numbers(body, d->message.body.len) > 0)
+        h_bool(&h, "x-payq-redacted", true);
+    props.headers.num_entries = h.n;
+
+    int rc = mq_publish(t->mq, PAYQ_X_DLX, d->routing_key, true, &props, body,
+                        d->message.body.len, NULL);
+    free(body);
+    return rc;
+}
+
+/* The delay tier for the n-th retry (1-based): capped exponential backoff
+ * with full jitter, rounded up to the next tier. */
+static const struct topo_tier *pick_tier(const struct worker_config *cfg, int n,
+                                         unsigned int *seed)
+{
+    long ceil = backoff_ceiling(cfg->retry_base_ms, cfg->retry_cap_ms, n - 1);
+    long delay = ceil > 0 ? (long)(rand_r(seed) % (ceil + 1)) : 0;
+    for (size_t i = 0; i < topo_ntiers; i++)
+        if (topo_tiers[i].delay_ms >= delay)
+            return &topo_tiers[i];
+    return &topo_tiers[topo_ntiers - 1];
+}
+
+static int publish_retry(struct thread_ctx *t, const struct mq_delivery *d,
+                         const struct outcome *o, int attempts, const struct topo_tier **tier)
+{
+    struct headers h;
+    amqp_basic_properties_t props;
+    copy_props(d, o, attempts, &h, &props);
+    unsigned int seed = (unsigned int)(d->tag ^ (uint64_t)time(NULL) ^ (uint64_t)t->index);
+    *tier = pick_tier(t->cfg, attempts, &seed);
+    h_str(&h, PAYQ_RETRY_TIER_HEADER, (*tier)->name);
+    props.headers.num_entries = h.n;
+    return mq_publish(t->mq, PAYQ_X_RETRY, d->routing_key, true, &props,
+                      d->message.body.bytes, d->message.body.len, NULL);
+}
+
+/*
+ * Publishes what the outcome calls for, waits for the broker's confirms,
+ * then acks. Any failure leaves the delivery unacked: the connection is
+ * dropped and the broker redelivers it.
+ */
+static int settle(struct thread_ctx *t, const struct mq_delivery *d, struct outcome *o)
+{
+    const amqp_basic_properties_t *p = &d->message.properties;
+    char mid[256] = "", corr[256] = "";
+    if (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)
+        snprintf(mid, sizeof mid, "%.*s", (int)p->message_id.len,
+                 (const char *)p->message_id.bytes);
+    if (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG)
+        snprintf(corr, sizeof corr, "%.*s", (int)p->correlation_id.len,
+                 (const char *)p->correlation_id.bytes);
+    int attempts = attempts_so_far(d) + 1;
+    struct log_ctx lc = { mid, corr, o->command, o->id, attempts };
+    const struct topo_tier *tier = NULL;
+    int rc = PAYQ_OK;
+
+    if (o->kind == OUTCOME_RETRY && attempts >= t->cfg->max_attempts) {
+        o->kind = OUTCOME_DEAD_LETTER;
+        snprintf(o->reason, sizeof o->reason, "retries_exhausted");
+    }
+    switch (o->kind) {
+    case OUTCOME_DONE:
+        rc = publish_reply(t, d, o);
+        break;
+    case OUTCOME_DEAD_LETTER:
+        rc = publish_dead_letter(t, d, o, attempts);
+        if (rc == PAYQ_OK && strcmp(o->reason, "retries_exhausted") != 0)
+            rc = publish_reply(t, d, o);
+        break;
+    case OUTCOME_RETRY:
+        rc = publish_retry(t, d, o, attempts, &tier);
+        break;
+    case OUTCOME_DB_LOST:
+        return PAYQ_ERR_DB;
+    }
+    if (rc == PAYQ_OK)
+        rc = mq_wait_confirms(t->mq, mq_last_seq(t->mq), CONFIRM_TIMEOUT_MS);
+    if (rc != PAYQ_OK) {
+        log_msg(LOG_ERROR, &lc, "could not publish the outcome (%s: %s); the delivery stays "
+                "unacked and will be redelivered", payq_strerror(rc), mq_error(t->mq));
+        return rc;
+    }
+    if ((rc = mq_ack(t->mq, d->channel, d->tag, false)) != PAYQ_OK)
+        return rc;
+
+    switch (o->kind) {
+    case OUTCOME_DONE:
+        log_msg(LOG_INFO, &lc, "%s", o->error);
+        break;
+    case OUTCOME_DEAD_LETTER:
+        log_msg(LOG_WARN, &lc, "dead-lettered: %s: %s", o->reason, o->error);
+        break;
+    case OUTCOME_RETRY:
+        log_msg(LOG_WARN, &lc, "transient failure, retry in tier %s: %s", tier->name, o->error);
+        break;
+    case OUTCOME_DB_LOST:
+        break;
+    }
+    return PAYQ_OK;
+}
+
+static void disconnect(struct thread_ctx *t)
+{
+    mq_close(t->mq);
+    t->mq = NULL;
+    db_close(t->db);
+    t->db = NULL;
+}
+
+static int connect_all(struct thread_ctx *t)
+{
+    const struct worker_config *cfg = t->cfg;
+    int rc;
+    if (!t->db && (rc = db_connect(cfg->database_url, "payq-worker", cfg->statement_timeout_ms,
+                                   &t->db)) != PAYQ_OK)
+        return rc;
+    if ((rc = mq_connect(cfg->amqp_url, t->name, (int)cfg->heartbeat, &t->mq)) != PAYQ_OK)
+        return rc;
+    if (!cfg->no_declare && (rc = mq_declare_topology(t->mq)) != PAYQ_OK) {
+        log_error("cannot declare the topology: %s", mq_error(t->mq));
+        return rc;
+    }
+    if ((rc = mq_consume(t->mq, cfg->queue, (uint16_t)cfg->prefetch)) != PAYQ_OK) {
+        log_error("cannot consume %s: %s", cfg->queue, mq_error(t->mq));
+        return rc;
+    }
+    return PAYQ_OK;
+}
+
+/* Reconnects the database while keeping the broker connection alive (its
+ * heartbeats are answered inside mq_wait_confirms). */
+static int reconnect_db(struct thread_ctx *t)
+{
+    struct backoff b;
+    backoff_init(&b, 200, 10000);
+    db_close(t->db);
+    t->db = NULL;
+    while (!stopping(t)) {
+        if (db_connect(t->cfg->database_url, "payq-worker", t->cfg->statement_timeout_ms,
+                       &t->db) == PAYQ_OK) {
+            log_info("reconnected to PostgreSQL");
+            return PAYQ_OK;
+        }
+        long ms = backoff_next(&b);
+        log_warn("PostgreSQL unavailable, next try in %ld ms", ms);
+        int rc = mq_wait_confirms(t->mq, mq_last_seq(t->mq), (int)ms);
+        if (rc != PAYQ_OK && rc != PAYQ_ERR_TIMEOUT)
+            return rc;
+    }
+    return PAYQ_ERR_INTERRUPTED;
+}
+
+/* Handles one delivery to the end. PAYQ_OK, or an error that requires
+ * reconnecting to the broker. */
+static int handle(struct thread_ctx *t, struct mq_delivery *d)
+{
+    struct apply_opts opts = { t->cfg->fault };
+    struct outcome o;
+    for (;;) {
+        apply_delivery(t->db, d, &opts, &o);
+        if (o.kind != OUTCOME_DB_LOST)
+            break;
+        log_warn("lost the database connection: %s", o.error);
+        outcome_clear(&o);
+        int rc = reconnect_db(t);
+        if (rc != PAYQ_OK)
+            return rc;
+    }
+    int rc = settle(t, d, &o);
+    outcome_clear(&o);
+    return rc;
+}
+
+void *worker_thread(void *arg)
+{
+    struct worker_thread_arg *wa = arg;
+    struct thread_ctx t = { .cfg = wa->shared->cfg, .shared = wa->shared, .index = wa->index };
+    char host[64] = "localhost";
+    (void)gethostname(host, sizeof host - 1);
+    snprintf(t.name, sizeof t.name, "payq-worker %s pid %d thread %d", host, (int)getpid(),
+             wa->index);
+    backoff_init(&t.reconnect, 500, 30000);
+
+    while (!stopping(&t)) {
+        if (connect_all(&t) != PAYQ_OK) {
+            disconnect(&t);
+            long ms = backoff_next(&t.reconnect);
+            log_warn("thread %d: not connected, next try in %ld ms", t.index, ms);
+            nap(&t, ms);
+            continue;
+        }
+        backoff_reset(&t.reconnect);
+        log_info("thread %d consuming %s (prefetch %ld)", t.index, t.cfg->queue,
+                 t.cfg->prefetch);
+        while (!stopping(&t)) {
+            struct mq_delivery *d = NULL;
+            int rc = mq_next(t.mq, 1000, &d);
+            if (rc == PAYQ_ERR_TIMEOUT)
+                continue;
+            if (rc == PAYQ_OK) {
+                rc = handle(&t, d);
+                mq_delivery_free(d);
+            }
+            if (rc != PAYQ_OK && rc != PAYQ_ERR_INTERRUPTED) {
+                log_warn("thread %d: %s; reconnecting", t.index,
+                         mq_error(t.mq)[0] ? mq_error(t.mq) : payq_strerror(rc));
+                break;
+            }
+        }
+        disconnect(&t);
+    }
+    disconnect(&t);
+    log_info("thread %d stopped", t.index);
+    return NULL;
+}

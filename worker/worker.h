@@ -1,0 +1,46 @@
+/*
+ * worker.h - the consuming side of payq-worker.
+ *
+ * Each worker thread owns one AMQP connection and one PostgreSQL connection,
+ * consumes the work queue with manual acks and a prefetch, and for every
+ * delivery: validates the command, applies it in one transaction, publishes
+ * its outcome (reply, dead letter or delayed retry) with publisher confirms,
+ * and only then acks. A crash anywhere before the ack means redelivery,
+ * which the database's idempotency keys turn into "no second effect".
+ */
+#ifndef PAYQ_WORKER_H
+#define PAYQ_WORKER_H
+
+#include <stdatomic.h>
+
+struct worker_config {
+    const char *amqp_url;
+    const char *database_url;
+    const char *queue;
+    const char *sql_dir;
+    const char *log_level;
+    const char *fault;          /* testing only: "after_commit", ... (see fault.h) */
+    long threads;
+    long prefetch;
+    long heartbeat;
+    long statement_timeout_ms;
+    long max_attempts;
+    long retry_base_ms;
+    long retry_cap_ms;
+    int no_migrate;
+    int no_declare;
+};
+
+struct worker_shared {
+    const struct worker_config *cfg;
+    atomic_int stop; /* set by the signal thread: finish the delivery in hand, then exit */
+};
+
+/* Runs one worker thread until shared->stop; arg is a struct worker_thread_arg. */
+struct worker_thread_arg {
+    struct worker_shared *shared;
+    int index;
+};
+void *worker_thread(void *arg);
+
+#endif
