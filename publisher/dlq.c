@@ -191,7 +191,9 @@ static int replay_one(mq_t *mq, const struct mq_delivery *d)
             bool ours = h->key.len >= 7 && memcmp(h->key.bytes, "x-payq-", 7) == 0;
             bool user = h->key.len == 14 && memcmp(h->key.bytes, "x-payq-user-id", 14) == 0;
             bool death = h->key.len >= 7 && memcmp(h->key.bytes, "x-death", 7) == 0;
-            if ((ours && !user) || death)
+            bool tier = h->key.len == strlen(PAYQ_RETRY_TIER_HEADER) &&
+                        memcmp(h->key.bytes, PAYQ_RETRY_TIER_HEADER, h->key.len) == 0;
+            if ((ours && !user) || death || tier)
                 continue;
             e[n++] = *h;
         }

@@ -206,9 +206,9 @@ static int migrate_one(db_t *db, const char *dir, const char *name, int *applied
     if (db_exec(db, "BEGIN") != PAYQ_OK)
         goto out;
     res = PQexecParams(db->conn,
-                       "SELECT name, checksum = encode(sha256(convert_to($3, 'UTF8')), 'hex')"
+                       "SELECT name, checksum = encode(sha256(convert_to($2, 'UTF8')), 'hex')"
                        "  FROM payq.schema_migrations WHERE version = $1::int",
-                       3, NULL, params, NULL, NULL, 0);
+                       2, NULL, (const char *const[]){ version, sql }, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         db_fail(db, res);
         goto rollback;

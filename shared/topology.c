@@ -7,7 +7,7 @@
  * target queue confirmed it, so a broker crash mid-dead-letter loses nothing.
  *
  * Retries: the worker publishes a retried copy to the headers exchange
- * payq.retry with header x-payq-tier=<tier> and the command's own routing
+ * payq.retry with header payq-tier=<tier> and the command's own routing
  * key. The tier queue holds it for its fixed TTL (never a per-message TTL,
  * which blocks the head of the queue), then dead-letters it to payq.commands
  * with the routing key it was published with, so it reaches the work queue

@@ -18,7 +18,8 @@
 #define PAYQ_X_DLX "payq.dlx"
 #define PAYQ_Q_DLQ "payq.dlq"
 #define PAYQ_X_EVENTS "payq.events"
-#define PAYQ_RETRY_TIER_HEADER "x-payq-tier"
+/* Not x-prefixed: a headers exchange ignores x- headers when matching. */
+#define PAYQ_RETRY_TIER_HEADER "payq-tier"
 
 /* The work queue's backstop against a message that kills every worker that
  * touches it: after this many deliveries the broker dead-letters it. */

@@ -256,7 +256,7 @@ DECLARE
     dst payq.accounts;
     amt bigint := (b->>'amount')::bigint;
     cur text := b->>'currency';
-    fee bigint;
+    v_fee bigint;
     r jsonb;
 BEGIN
     INSERT INTO payq.payments (payment_id, amount, currency, source, destination, capture,
@@ -301,19 +301,19 @@ BEGIN
                                         src.id), p_corr);
     END IF;
 
-    fee := payq.fee_for(dst.id, cur, amt);
+    v_fee := payq.fee_for(dst.id, cur, amt);
     PERFORM payq.ensure_system_accounts(cur);
     PERFORM payq.post('payment', p.payment_id, cur,
                       ARRAY[src.id, dst.id, '@platform:' || cur],
-                      ARRAY[-amt, amt - fee, fee]);
+                      ARRAY[-amt, amt - v_fee, v_fee]);
     r := payq.reply('payment.create', p.payment_id, 'succeeded', p_extra =>
-                    jsonb_build_object('amount', amt, 'currency', cur, 'fee', fee));
+                    jsonb_build_object('amount', amt, 'currency', cur, 'fee', v_fee));
     UPDATE payq.payments
-       SET status = 'succeeded', fee = cmd_payment_create.fee, captured_amount = amt,
+       SET status = 'succeeded', fee = v_fee, captured_amount = amt,
            recovery_point = 'finished', reply = r
      WHERE payment_id = p.payment_id;
     PERFORM payq.emit('payment.succeeded', p.payment_id, p_corr,
-                      jsonb_build_object('amount', amt, 'currency', cur, 'fee', fee,
+                      jsonb_build_object('amount', amt, 'currency', cur, 'fee', v_fee,
                                          'source', p.source, 'destination', p.destination),
                       p.payment_id);
     RETURN r;

@@ -73,7 +73,9 @@ static void h_keep_original(struct headers *h, const amqp_basic_properties_t *p)
         return;
     for (int i = 0; i < p->headers.num_entries && h->n < 80; i++) {
         const amqp_table_entry_t *e = &p->headers.entries[i];
-        if (e->key.len >= 7 && memcmp(e->key.bytes, "x-payq-", 7) == 0)
+        if ((e->key.len >= 7 && memcmp(e->key.bytes, "x-payq-", 7) == 0) ||
+            (e->key.len == strlen(PAYQ_RETRY_TIER_HEADER) &&
+             memcmp(e->key.bytes, PAYQ_RETRY_TIER_HEADER, e->key.len) == 0))
             continue;
         h->e[h->n++] = *e;
     }
