@@ -80,9 +80,11 @@ install_packages() {
         sudo=(sudo)
     fi
     log "installing ${missing[*]}"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-        --no-install-recommends "${missing[@]}" >&2
+    # NEEDRESTART_SUSPEND: no service-restart scan after the install.
+    local -a apt_env=(env DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1)
+    "${sudo[@]}" "${apt_env[@]}" apt-get update -q >&2
+    "${sudo[@]}" "${apt_env[@]}" apt-get install -y -q --no-install-recommends \
+        "${missing[@]}" >&2
 }
 
 # ------------------------------------------------------------------ helpers
@@ -420,20 +422,32 @@ cmd_env() {
     printf 'export PAYQ_STACK_DIR=%q\n' "$STACK_DIR"
 }
 
+# The worker binary: $BUILD_DIR/payq-worker, or worker/payq-worker when the
+# build keeps CMake's per-directory output layout.
+find_worker() {
+    local f
+    for f in "$BUILD_DIR/payq-worker" "$BUILD_DIR/worker/payq-worker"; do
+        [[ -x $f ]] && { echo "$f"; return 0; }
+    done
+    return 1
+}
+
 migrate() {
     if [[ ${PAYQ_STACK_NO_MIGRATE:-0} == 1 ]]; then
         log "PAYQ_STACK_NO_MIGRATE=1: not building the worker, not migrating"
         return 0
     fi
-    if [[ ! -x $BUILD_DIR/payq-worker ]]; then
+    local worker
+    if ! worker=$(find_worker); then
         log "building payq-worker in $BUILD_DIR"
         local -a extra=()
         [[ -n ${PAYQ_CMAKE_ARGS:-} ]] && read -r -a extra <<<"$PAYQ_CMAKE_ARGS"
         cmake -S "$REPO" -B "$BUILD_DIR" "${extra[@]}" >&2
         cmake --build "$BUILD_DIR" -j "${PAYQ_BUILD_JOBS:-2}" >&2
+        worker=$(find_worker) || die "the build produced no payq-worker in $BUILD_DIR"
     fi
-    log "migrating the database ($BUILD_DIR/payq-worker migrate)"
-    AMQP_URL=$(amqp_url) DATABASE_URL=$(database_url) "$BUILD_DIR/payq-worker" migrate >&2 ||
+    log "migrating the database ($worker migrate)"
+    AMQP_URL=$(amqp_url) DATABASE_URL=$(database_url) "$worker" migrate >&2 ||
         die "payq-worker migrate failed"
 }
 

@@ -180,9 +180,16 @@ void apply_delivery(db_t *db, const struct mq_delivery *d, const struct apply_op
     struct cmd_error err;
     const amqp_bytes_t *ct = (p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG) ? &p->content_type : NULL;
     const amqp_bytes_t *tp = (p->_flags & AMQP_BASIC_TYPE_FLAG) ? &p->type : NULL;
-    if (cmd_parse(rk.bytes, rk.len, ct ? ct->bytes : NULL, ct ? ct->len : 0,
-                  tp ? tp->bytes : NULL, tp ? tp->len : 0, d->message.body.bytes,
-                  d->message.body.len, &cmd, &err) != PAYQ_OK) {
+    int rc = cmd_parse(rk.bytes, rk.len, ct ? ct->bytes : NULL, ct ? ct->len : 0,
+                       tp ? tp->bytes : NULL, tp ? tp->len : 0, d->message.body.bytes,
+                       d->message.body.len, &cmd, &err);
+    if (rc == PAYQ_ERR_NOMEM) {
+        /* Says nothing about the message: try again later. */
+        o->kind = OUTCOME_RETRY;
+        snprintf(o->error, sizeof o->error, "out of memory while parsing");
+        return;
+    }
+    if (rc != PAYQ_OK) {
         if (type == CMD_UNKNOWN)
             o->command[0] = 0; /* never echo an unknown routing key as a command name */
         o->redact = err.code == CMD_REJECT_RAW_CARD_NUMBER;

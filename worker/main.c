@@ -3,6 +3,7 @@
  *
  *   payq-worker [run]     migrate (unless --no-migrate), then consume until SIGTERM
  *   payq-worker migrate   apply the SQL migrations and exit
+ *   payq-worker report    print balances and payment outcomes as tables
  *   payq-worker version   print the version
  *
  * Signals are taken by sigwait() in the main thread, so no code runs in a
@@ -20,6 +21,7 @@
 #include "config.h"
 #include "db.h"
 #include "log.h"
+#include "report.h"
 #include "worker.h"
 
 #define OPT(f, e, t, d, lo, hi, field, mv, h) \
@@ -58,6 +60,8 @@ static const struct cfg_opt options[] = {
         "/usr/local/share/payq/sql)"),
     OPT("log-level", "PAYQ_LOG_LEVEL", CFG_STR, "info", 0, 0, log_level, "LEVEL",
         "debug, info, warn or error"),
+    OPT("prefix", NULL, CFG_STR, "", 0, 0, prefix, "TEXT",
+        "report: only accounts and payments whose id starts with TEXT"),
     OPT("fault", "PAYQ_FAULT", CFG_STR, NULL, 0, 0, fault, "POINT",
         "testing only: SIGKILL the worker at POINT (after_commit)"),
     CFG_END
@@ -75,6 +79,8 @@ static void usage(FILE *out)
             "  run        migrate the database (unless --no-migrate), then consume until\n"
             "             SIGTERM or SIGINT (the default)\n"
             "  migrate    apply the SQL migrations in --sql-dir and exit\n"
+            "  report     print account balances and payment outcomes as tables\n"
+            "             (--prefix limits them to ids starting with it)\n"
             "  version    print the version and exit\n"
             "\n"
             "Options (each also read from the environment variable shown):\n");
@@ -114,6 +120,18 @@ static int migrate(const struct worker_config *cfg)
     log_info("database schema is current (%d migration%s applied now, from %s)", applied,
              applied == 1 ? "" : "s", dir);
     return 0;
+}
+
+static int report(const struct worker_config *cfg)
+{
+    db_t *db;
+    if (db_connect(cfg->database_url, "payq-worker report", 30000, &db) != PAYQ_OK)
+        return 1;
+    int rc = report_print(db, stdout, cfg->prefix, 1000);
+    if (rc != PAYQ_OK)
+        log_error("report failed: %s", db_error(db));
+    db_close(db);
+    return rc == PAYQ_OK ? 0 : 1;
 }
 
 static int run(const struct worker_config *cfg)
@@ -214,11 +232,13 @@ int main(int argc, char **argv)
         rc = run(&cfg);
     } else if (strcmp(command, "migrate") == 0) {
         rc = migrate(&cfg);
+    } else if (strcmp(command, "report") == 0) {
+        rc = report(&cfg);
     } else if (strcmp(command, "version") == 0) {
         printf("payq-worker %s\n", PAYQ_VERSION);
         rc = 0;
     } else {
-        fprintf(stderr, "payq-worker: unknown command %s (run, migrate or version; see --help)\n",
+        fprintf(stderr, "payq-worker: unknown command %s (run, migrate, report or version; see --help)\n",
                 command);
         rc = 2;
     }

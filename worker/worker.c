@@ -205,17 +205,26 @@ static int publish_dead_letter(struct thread_ctx *t, const struct mq_delivery *d
     amqp_basic_properties_t props;
     copy_props(d, o, attempts, &h, &props);
 
-    /* A card number never reaches the DLQ: mask it and say so. */
-    char *body = malloc(d->message.body.len + 1);
+    /* A card number never reaches the DLQ: mask it and say so. If the
+     * parser saw one that the byte scanner cannot mask (e.g. written with
+     * \u escapes), no byte of that body is kept. */
+    static const char gone[] =
+        "{\"redacted\":\"the body held a card number in a form that cannot be masked\"}";
+    size_t len = d->message.body.len;
+    char *body = malloc(len > sizeof gone ? len : sizeof gone);
     if (!body)
         return PAYQ_ERR_NOMEM;
-    memcpy(body, d->message.body.bytes, d->message.body.len);
-    if (cmd_redact_card_numbers(body, d->message.body.len) > 0)
+    memcpy(body, d->message.body.bytes, len);
+    if (cmd_redact_card_numbers(body, len) > 0) {
         h_bool(&h, "x-payq-redacted", true);
+    } else if (o->redact) {
+        len = sizeof gone - 1;
+        memcpy(body, gone, len);
+        h_bool(&h, "x-payq-redacted", true);
+    }
     props.headers.num_entries = h.n;
 
-    int rc = mq_publish(t->mq, PAYQ_X_DLX, d->routing_key, true, &props, body,
-                        d->message.body.len, NULL);
+    int rc = mq_publish(t->mq, PAYQ_X_DLX, d->routing_key, true, &props, body, len, NULL);
     free(body);
     return rc;
 }

@@ -19,6 +19,7 @@ struct worker_config {
     const char *queue;
     const char *sql_dir;
     const char *log_level;
+    const char *prefix;         /* report: id prefix */
     const char *fault;          /* testing only: "after_commit", ... (see fault.h) */
     long threads;
     long prefetch;

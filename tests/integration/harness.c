@@ -63,7 +63,7 @@ static void sleep_ms(long ms)
 pid_t h_worker_start(const char *const *extra_env)
 {
     char log_path[256];
-    snprintf(log_path, sizeof log_path, "%s/worker-%s-%d.log", PAYQ_BINARY_DIR, prefix,
+    snprintf(log_path, sizeof log_path, "%s/tests/worker-%s-%d.log", PAYQ_BINARY_DIR, prefix,
              (int)getpid());
     /* The log is appended to by each worker of this test; we look for new
      * "consuming" lines after the current end. */
@@ -77,7 +77,7 @@ pid_t h_worker_start(const char *const *extra_env)
         for (const char *const *e = extra_env; e && *e; e++)
             putenv((char *)(uintptr_t)*e);
         char bin[512];
-        snprintf(bin, sizeof bin, "%s/worker/payq-worker", PAYQ_BINARY_DIR);
+        snprintf(bin, sizeof bin, "%s/payq-worker", PAYQ_BINARY_DIR);
         execl(bin, bin, "run", "--threads", "1", "--prefetch", "10", "--log-level", "debug",
               (char *)NULL);
         _exit(127);

@@ -26,7 +26,7 @@ static void test_migrate_idempotent_and_tamper_evident(void **state)
 {
     (void)state;
     char cmd[2048];
-    snprintf(cmd, sizeof cmd, "%s/worker/payq-worker migrate --sql-dir %s/sql 2>/dev/null",
+    snprintf(cmd, sizeof cmd, "%s/payq-worker migrate --sql-dir %s/sql 2>/dev/null",
              PAYQ_BINARY_DIR, PAYQ_SOURCE_DIR);
     assert_int_equal(run(cmd), 0);
     assert_int_equal(run(cmd), 0);
@@ -43,7 +43,7 @@ static void test_migrate_idempotent_and_tamper_evident(void **state)
     assert_non_null(mkdtemp(dir));
     snprintf(cmd, sizeof cmd,
              "cp %s/sql/*.sql %s/ && echo '-- edited' >> %s/001_ledger.sql && "
-             "%s/worker/payq-worker migrate --sql-dir %s 2>/dev/null",
+             "%s/payq-worker migrate --sql-dir %s 2>/dev/null",
              PAYQ_SOURCE_DIR, dir, dir, PAYQ_BINARY_DIR, dir);
     assert_int_equal(run(cmd), 1);
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

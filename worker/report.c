@@ -1,0 +1,93 @@
+/*
+ * report.c - balances and payment outcomes as tables, with amounts in major
+ * units of their currency (money_format), for people at a terminal.
+ */
+#include "report.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "money.h"
+
+static void amount(const char *minor, const char *currency, char *out, size_t len)
+{
+    if (!minor || !*minor) {
+        snprintf(out, len, "-");
+        return;
+    }
+    if (money_format(strtoll(minor, NULL, 10), currency, out, len) != PAYQ_OK)
+        snprintf(out, len, "%s %s", minor, currency);
+}
+
+static PGresult *query(db_t *db, const char *sql, const char *prefix, long limit)
+{
+    char lim[32];
+    snprintf(lim, sizeof lim, "%ld", limit);
+    const char *params[2] = { prefix, lim };
+    PGresult *res = PQexecParams(db_conn(db), sql, 2, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        db_fail(db, res);
+        return NULL;
+    }
+    return res;
+}
+
+static void rule(FILE *out, int width)
+{
+    for (int i = 0; i < width; i++)
+        fputc('-', out);
+    fputc('\n', out);
+}
+
+int report_print(db_t *db, FILE *out, const char *prefix, long limit)
+{
+    PGresult *res = query(db,
+                          "SELECT id, kind, currency, posted, pending, available"
+                          "  FROM payq.account_balances"
+                          " WHERE starts_with(id, $1)"
+                          "    OR (kind IN ('external', 'platform') AND currency IN"
+                          "        (SELECT currency FROM payq.accounts WHERE starts_with(id, $1)"
+                          "            AND kind IN ('customer', 'merchant')))"
+                          " ORDER BY kind = 'external', kind = 'platform', kind, id LIMIT $2",
+                          prefix, limit);
+    if (!res)
+        return PAYQ_ERR_DB;
+    fprintf(out, "Accounts\n");
+    fprintf(out, "%-28s %-9s %18s %18s %18s\n", "ACCOUNT", "KIND", "POSTED", "PENDING",
+            "AVAILABLE");
+    rule(out, 95);
+    for (int i = 0; i < PQntuples(res); i++) {
+        char posted[48], pending[48], available[48];
+        const char *cur = PQgetvalue(res, i, 2);
+        amount(PQgetvalue(res, i, 3), cur, posted, sizeof posted);
+        amount(PQgetvalue(res, i, 4), cur, pending, sizeof pending);
+        amount(PQgetvalue(res, i, 5), cur, available, sizeof available);
+        fprintf(out, "%-28s %-9s %18s %18s %18s\n", PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
+                posted, pending, available);
+    }
+    PQclear(res);
+
+    res = query(db,
+                "SELECT payment_id, status, COALESCE(failure_code, ''), amount, fee, currency,"
+                "       source || ' -> ' || destination"
+                "  FROM payq.payments"
+                " WHERE starts_with(payment_id, $1)"
+                " ORDER BY created_at, payment_id LIMIT $2",
+                prefix, limit);
+    if (!res)
+        return PAYQ_ERR_DB;
+    fprintf(out, "\nPayments\n");
+    fprintf(out, "%-28s %-10s %-19s %14s %10s  %s\n", "PAYMENT", "STATUS", "CODE", "AMOUNT",
+            "FEE", "FROM -> TO");
+    rule(out, 110);
+    for (int i = 0; i < PQntuples(res); i++) {
+        char amt[48], fee[48];
+        const char *cur = PQgetvalue(res, i, 5);
+        amount(PQgetvalue(res, i, 3), cur, amt, sizeof amt);
+        amount(PQgetvalue(res, i, 4), cur, fee, sizeof fee);
+        fprintf(out, "%-28s %-10s %-19s %14s %10s  %s\n", PQgetvalue(res, i, 0),
+                PQgetvalue(res, i, 1), PQgetvalue(res, i, 2), amt, fee, PQgetvalue(res, i, 6));
+    }
+    PQclear(res);
+    return PAYQ_OK;
+}
