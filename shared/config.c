@@ -175,27 +175,58 @@ void cfg_strings_free(struct cfg_strings *owned)
     owned->n = 0;
 }
 
+/* Prints text word-wrapped to `width` columns, continuation lines indented. */
+static void wrap(FILE *out, const char *text, int indent, int width)
+{
+    int col = indent;
+    while (*text) {
+        size_t word = strcspn(text, " ");
+        if (col > indent && col + 1 + (int)word > width) {
+            fprintf(out, "\n%*s", indent, "");
+            col = indent;
+        } else if (col > indent) {
+            fputc(' ', out);
+            col++;
+        }
+        fwrite(text, 1, word, out);
+        col += (int)word;
+        text += word;
+        while (*text == ' ')
+            text++;
+    }
+    fputc('\n', out);
+}
+
 void cfg_usage(FILE *out, const struct cfg_opt *opts)
 {
+    enum { INDENT = 31, WIDTH = 96 };
     for (const struct cfg_opt *o = opts; o->flag; o++) {
         char left[64];
         if (o->type == CFG_BOOL)
             snprintf(left, sizeof left, "--%s", o->flag);
         else
             snprintf(left, sizeof left, "--%s %s", o->flag, o->metavar ? o->metavar : "VALUE");
-        fprintf(out, "  %-28s %s\n", left, o->help);
-        if (o->env || o->def) {
-            fprintf(out, "  %-28s ", "");
+        fprintf(out, "  %-28s ", left);
+        wrap(out, o->help, INDENT, WIDTH);
+        if (o->env || (o->def && *o->def)) {
+            char line[512], red[256];
+            int n = 0;
             if (o->env)
-                fprintf(out, "env %s%s", o->env, o->type == CFG_SECRET ? " or " : "");
-            if (o->env && o->type == CFG_SECRET)
-                fprintf(out, "%s_FILE", o->env);
+                n = snprintf(line, sizeof line, "[env %s%s%s%s", o->env,
+                             o->type == CFG_SECRET ? " or " : "",
+                             o->type == CFG_SECRET ? o->env : "",
+                             o->type == CFG_SECRET ? "_FILE" : "");
+            else
+                n = snprintf(line, sizeof line, "[");
             if (o->def && *o->def) {
-                char red[256];
                 cfg_redact_url(o->def, red, sizeof red);
-                fprintf(out, "%sdefault %s", o->env ? "; " : "", red);
+                snprintf(line + n, sizeof line - (size_t)n, "%sdefault %s]", o->env ? "; " : "",
+                         red);
+            } else {
+                snprintf(line + n, sizeof line - (size_t)n, "]");
             }
-            fputc('\n', out);
+            fprintf(out, "%*s", INDENT, "");
+            wrap(out, line, INDENT, WIDTH);
         }
     }
 }
