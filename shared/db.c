@@ -103,7 +103,7 @@ bool db_transient(const char *s)
         return true;
     return strncmp(s, "08", 2) == 0 || strncmp(s, "53", 2) == 0 || strncmp(s, "57P", 3) == 0 ||
            strcmp(s, "57014") == 0 || strcmp(s, "40001") == 0 || strcmp(s, "40P01") == 0 ||
-           strcmp(s, "55P03") == 0;
+           strcmp(s, "55P03") == 0 || strcmp(s, "55006") == 0;
 }
 
 bool db_retry_now(const char *s)

@@ -51,7 +51,8 @@ const char *db_error(const db_t *db);
  * True for failures that may succeed when tried again (DESIGN.md): lost or
  * refused connections (class 08), insufficient resources (53), operator
  * intervention such as a shutdown (57P), serialization failure (40001),
- * deadlock (40P01), lock timeout (55P03), query canceled / statement
+ * deadlock (40P01), lock timeout (55P03), object in use (55006: payq's
+ * "a step of this payment is in flight"), query canceled / statement
  * timeout (57014), and a broken connection without a SQLSTATE.
  */
 bool db_transient(const char *sqlstate);

@@ -91,13 +91,14 @@ CREATE CONSTRAINT TRIGGER posting_balanced AFTER INSERT ON payq.ledger_entries
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION payq.posting_balanced();
 
--- Balances move only through ledger entries: the entry trigger runs the
--- UPDATE one trigger level down; a direct UPDATE runs at level 0.
+-- Balances move only through ledger entries (posted) and holds (pending):
+-- their triggers run the UPDATE one trigger level down; a direct UPDATE
+-- fires this guard at level 1.
 CREATE FUNCTION payq.accounts_guard() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF (NEW.posted <> OLD.posted) AND pg_trigger_depth() < 2 THEN
-        RAISE EXCEPTION 'account balances change only through ledger postings'
+    IF (NEW.posted <> OLD.posted OR NEW.pending <> OLD.pending) AND pg_trigger_depth() < 2 THEN
+        RAISE EXCEPTION 'account balances change only through ledger postings and holds'
             USING ERRCODE = 'insufficient_privilege';
     END IF;
     IF NEW.id <> OLD.id OR NEW.currency <> OLD.currency OR NEW.kind <> OLD.kind THEN
@@ -127,6 +128,60 @@ CREATE TRIGGER ledger_entries_append_only BEFORE UPDATE OR DELETE ON payq.ledger
 CREATE TRIGGER ledger_entries_no_truncate BEFORE TRUNCATE ON payq.ledger_entries
     FOR EACH STATEMENT EXECUTE FUNCTION payq.append_only();
 
+-- Holds: money reserved on a wallet by an authorization (capture: false),
+-- counted in the account's pending balance while active. A hold is resolved
+-- exactly once: captured, released (cancel) or expired (invariant 5).
+CREATE TABLE payq.holds (
+    payment_id   text PRIMARY KEY,
+    account_id   text NOT NULL REFERENCES payq.accounts (id),
+    amount       bigint NOT NULL CHECK (amount > 0),
+    status       text NOT NULL DEFAULT 'active'
+                 CHECK (status IN ('active', 'captured', 'released', 'expired')),
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    expires_at   timestamptz NOT NULL DEFAULT now() + interval '7 days',
+    resolved_at  timestamptz
+);
+CREATE INDEX holds_active_expiry ON payq.holds (expires_at) WHERE status = 'active';
+
+CREATE FUNCTION payq.holds_apply() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.status <> 'active' THEN
+            RAISE EXCEPTION 'a hold starts active' USING ERRCODE = 'check_violation';
+        END IF;
+        UPDATE payq.accounts SET pending = pending + NEW.amount, updated_at = now()
+         WHERE id = NEW.account_id;
+    ELSIF OLD.status = 'active' AND NEW.status <> 'active' THEN
+        UPDATE payq.accounts SET pending = pending - OLD.amount, updated_at = now()
+         WHERE id = OLD.account_id;
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION payq.holds_guard() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        RAISE EXCEPTION 'holds are never deleted' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF OLD.status <> 'active' THEN
+        RAISE EXCEPTION 'hold % was already %', OLD.payment_id, OLD.status
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.amount <> OLD.amount OR NEW.account_id <> OLD.account_id THEN
+        RAISE EXCEPTION 'a hold''s amount and account never change'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    NEW.resolved_at := CASE WHEN NEW.status <> 'active' THEN now() END;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER holds_guard BEFORE UPDATE OR DELETE ON payq.holds
+    FOR EACH ROW EXECUTE FUNCTION payq.holds_guard();
+CREATE TRIGGER holds_apply AFTER INSERT OR UPDATE ON payq.holds
+    FOR EACH ROW EXECUTE FUNCTION payq.holds_apply();
+
 -- Every account's balances: posted (settled), pending (held) and available.
 CREATE VIEW payq.account_balances AS
 SELECT a.id, a.currency, a.kind,
@@ -142,11 +197,14 @@ SELECT a.id, a.currency, a.kind,
        a.created_at, a.updated_at
   FROM payq.accounts a;
 
--- The system accounts of a currency, created on first use.
+-- The system accounts of a currency, created on first use: @external (money
+-- deposited from outside), @card (the card network's clearing account) and
+-- @platform (fees earned).
 CREATE FUNCTION payq.ensure_system_accounts(p_currency text) RETURNS void
 LANGUAGE sql AS $$
     INSERT INTO payq.accounts (id, currency, kind)
     VALUES ('@external:' || p_currency, p_currency, 'external'),
+           ('@card:' || p_currency, p_currency, 'external'),
            ('@platform:' || p_currency, p_currency, 'platform')
     ON CONFLICT (id) DO NOTHING;
 $$;

@@ -78,7 +78,14 @@ fi
 say "summary"
 printf '%s\n' "${summary[@]}" >&2
 if [[ ${PAYQ_STOP_STACK:-0} != 1 ]]; then
-    printf '\nThe stack is still running (%s, %s).\nUse it: eval "$(bash %s/tests/stack.sh env)"   Stop it: bash %s/tests/stack.sh down\n' \
-        "$AMQP_URL" "$DATABASE_URL" "$REPO" "$REPO" >&2
+    stack=
+    for v in PAYQ_STACK_DIR PAYQ_AMQP_PORT PAYQ_MGMT_PORT PAYQ_PROM_PORT PAYQ_DIST_PORT PAYQ_PG_PORT; do
+        if [[ -n ${!v:-} && ( $v != PAYQ_STACK_DIR || ${!v} != "$REPO/.stack" ) ]]; then
+            stack+="$v=${!v} "
+        fi
+    done
+    stack+="bash $REPO/tests/stack.sh"
+    printf '\nThe stack is still running (%s, %s).\nUse it: eval "$(%s env)"   Stop it: %s down\n' \
+        "$AMQP_URL" "$DATABASE_URL" "$stack" "$stack" >&2
 fi
 exit "$failed"

@@ -3,7 +3,6 @@
  */
 #include "apply.h"
 
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,42 +57,78 @@ static void dead_letter(struct outcome *o, const char *code, const char *msg)
     o->reply = reject_reply(o->command, o->id, code, msg);
 }
 
-/* Testing only: dies at a named point, to prove what a crash there leaves. */
-static void fault_point(const struct apply_opts *opts, const char *point)
+/* Saga phases one command may run (each its own transaction); a card
+ * payment with capture needs three. */
+#define PHASES_MAX 8
+
+/* One phase: one call of payq.apply_command(), its own transaction. */
+static int call_apply(db_t *db, const char *scope, const char *message_id, const cmd_t *cmd,
+                      const char *body, const char *correlation_id, const char *answer,
+                      json_t **result)
 {
-    if (opts && opts->fault && strcmp(opts->fault, point) == 0) {
-        log_warn("fault injection: SIGKILL at %s", point);
-        raise(SIGKILL);
+    const char *params[6] = { scope, message_id, cmd_type_name(cmd->type), body,
+                              correlation_id, answer };
+    PGresult *res = PQexecParams(db_conn(db),
+                                 "SELECT payq.apply_command($1, $2, $3, $4::jsonb, $5,"
+                                 " $6::jsonb)::text",
+                                 6, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
+        return db_fail(db, PQresultStatus(res) == PGRES_TUPLES_OK ? NULL : res);
+    *result = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
+    PQclear(res);
+    return *result ? PAYQ_OK : PAYQ_ERR_NOMEM;
+}
+
+/* Runs one phase, retrying serialization failures and deadlocks in
+ * process; on failure fills the outcome (retry or reconnect). */
+static int phase(db_t *db, const char *scope, const char *message_id, const cmd_t *cmd,
+                 const char *body, const char *corr, const char *answer, json_t **result,
+                 struct outcome *o)
+{
+    int rc = PAYQ_ERR_DB;
+    for (int i = 0; i <= RETRY_NOW_MAX; i++) {
+        rc = call_apply(db, scope, message_id, cmd, body, corr, answer, result);
+        if (rc == PAYQ_OK)
+            return PAYQ_OK;
+        if (rc != PAYQ_ERR_DB || !db_retry_now(db_sqlstate(db)))
+            break;
+        log_debug("serialization failure or deadlock, trying again (%d)", i + 1);
+    }
+    if (rc == PAYQ_ERR_DB) {
+        snprintf(o->sqlstate, sizeof o->sqlstate, "%s", db_sqlstate(db));
+        snprintf(o->error, sizeof o->error, "database error %s: %s", db_sqlstate(db),
+                 db_error(db));
+    } else {
+        snprintf(o->error, sizeof o->error, "%s", payq_strerror(rc));
+    }
+    /* A broken connection: hold the delivery and reconnect. Any other error
+     * (a timeout, a payment busy with another step, or a permanent one such
+     * as a bug in a migration) goes through the delay tiers, so a fix can
+     * still apply it and an exhausted budget leaves it in the DLQ. */
+    o->kind = (rc == PAYQ_ERR_DB && !db_ok(db)) ? OUTCOME_DB_LOST : OUTCOME_RETRY;
+    return rc;
+}
+
+/* The command is finished: the reply decides the outcome. */
+static void finish(json_t *reply, struct outcome *o)
+{
+    const char *status = json_string_value(json_object_get(reply, "status"));
+    const char *code = json_string_value(json_object_get(reply, "code"));
+    const char *msg = json_string_value(json_object_get(reply, "message"));
+    o->reply = json_dumps(reply, JSON_COMPACT);
+    if (status && strcmp(status, "rejected") == 0) {
+        o->kind = OUTCOME_DEAD_LETTER;
+        snprintf(o->reason, sizeof o->reason, "%s", code ? code : "rejected");
+        snprintf(o->error, sizeof o->error, "%s", msg ? msg : o->reason);
+    } else {
+        o->kind = OUTCOME_DONE;
+        snprintf(o->error, sizeof o->error, "%s%s%s", status ? status : "?", code ? " " : "",
+                 code ? code : "");
     }
 }
 
-/* One call of payq.apply_command(); its transaction is the statement's. */
-static int call_apply(db_t *db, const char *scope, const char *message_id, const cmd_t *cmd,
-                      const char *body, const char *correlation_id, char **reply)
-{
-    const char *params[5] = { scope, message_id, cmd_type_name(cmd->type), body,
-                              correlation_id };
-    PGresult *res = PQexecParams(db_conn(db),
-                                 "SELECT payq.apply_command($1, $2, $3, $4::jsonb, $5)::text", 5,
-                                 NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
-        return db_fail(db, PQresultStatus(res) == PGRES_TUPLES_OK ? NULL : res);
-    *reply = strdup(PQgetvalue(res, 0, 0));
-    PQclear(res);
-    return *reply ? PAYQ_OK : PAYQ_ERR_NOMEM;
-}
-
-/* Reads status and code from a reply produced by the database. */
-static void reply_status(const char *reply, char *status, size_t slen, char *code, size_t clen)
-{
-    json_t *r = json_loads(reply, 0, NULL);
-    const char *s = r ? json_string_value(json_object_get(r, "status")) : NULL;
-    const char *c = r ? json_string_value(json_object_get(r, "code")) : NULL;
-    snprintf(status, slen, "%s", s ? s : "");
-    snprintf(code, clen, "%s", c ? c : "");
-    json_decref(r);
-}
-
+/* Runs the command's saga phases: each phase either finishes the command or
+ * asks for a provider call, whose answer goes into the next phase. */
 static void apply_in_db(db_t *db, const struct mq_delivery *d, const cmd_t *cmd,
                         const struct apply_opts *opts, struct outcome *o)
 {
@@ -114,51 +149,55 @@ static void apply_in_db(db_t *db, const struct mq_delivery *d, const cmd_t *cmd,
         printable(p->correlation_id, corr, sizeof corr);
 
     char *body = json_dumps(cmd->body, JSON_COMPACT);
+    char *answer = NULL;
     if (!body) {
         o->kind = OUTCOME_RETRY;
         snprintf(o->error, sizeof o->error, "out of memory");
         return;
     }
-    int rc = PAYQ_ERR_DB;
-    for (int i = 0; i <= RETRY_NOW_MAX; i++) {
-        char *reply = NULL;
-        rc = call_apply(db, scope, message_id[0] ? message_id : NULL, cmd, body,
-                        corr[0] ? corr : NULL, &reply);
-        if (rc == PAYQ_OK) {
-            o->reply = reply;
+    for (int n = 0;; n++) {
+        json_t *result = NULL;
+        if (n == PHASES_MAX) {
+            o->kind = OUTCOME_RETRY;
+            snprintf(o->error, sizeof o->error, "saga did not finish in %d phases", PHASES_MAX);
             break;
         }
-        if (!db_retry_now(db_sqlstate(db)))
+        if (phase(db, scope, message_id[0] ? message_id : NULL, cmd, body,
+                  corr[0] ? corr : NULL, answer, &result, o) != PAYQ_OK)
             break;
-        log_debug("serialization failure or deadlock, trying again (%d)", i + 1);
+        fault_hit(opts->fault, "after_commit");
+        json_t *reply = json_object_get(result, "reply");
+        json_t *call = json_object_get(result, "call");
+        if (reply) {
+            finish(reply, o);
+            json_decref(result);
+            break;
+        }
+        if (!call || !opts->provider) {
+            o->kind = OUTCOME_RETRY;
+            snprintf(o->error, sizeof o->error, "unexpected result from payq.apply_command");
+            json_decref(result);
+            break;
+        }
+        fault_hit(opts->fault, "before_provider_call");
+        struct prov_answer a;
+        int rc = provider_call(opts->provider, call, &a);
+        json_decref(result);
+        fault_hit(opts->fault, "after_provider_call");
+        if (rc != PAYQ_OK || a.status == PROV_TRANSIENT) {
+            o->kind = OUTCOME_RETRY;
+            snprintf(o->error, sizeof o->error, "payment provider: %s",
+                     rc != PAYQ_OK ? payq_strerror(rc) : a.error);
+            prov_answer_clear(&a);
+            break;
+        }
+        free(answer);
+        answer = a.json;
+        a.json = NULL;
+        prov_answer_clear(&a);
     }
+    free(answer);
     free(body);
-    if (rc != PAYQ_OK) {
-        snprintf(o->sqlstate, sizeof o->sqlstate, "%s", db_sqlstate(db));
-        snprintf(o->error, sizeof o->error, "database error %s: %s", db_sqlstate(db),
-                 db_error(db));
-        /* A broken connection: hold the delivery and reconnect. Any other
-         * error (a timeout, or a permanent one such as a bug in a
-         * migration) goes through the delay tiers, so a fix can still
-         * apply it and an exhausted budget leaves it in the DLQ. */
-        o->kind = db_ok(db) ? OUTCOME_RETRY : OUTCOME_DB_LOST;
-        return;
-    }
-    fault_point(opts, "after_commit");
-
-    char status[32], code[32];
-    reply_status(o->reply, status, sizeof status, code, sizeof code);
-    if (strcmp(status, "rejected") == 0) {
-        o->kind = OUTCOME_DEAD_LETTER;
-        snprintf(o->reason, sizeof o->reason, "%s", code);
-        json_t *r = json_loads(o->reply, 0, NULL);
-        const char *msg = r ? json_string_value(json_object_get(r, "message")) : NULL;
-        snprintf(o->error, sizeof o->error, "%s", msg ? msg : code);
-        json_decref(r);
-    } else {
-        o->kind = OUTCOME_DONE;
-        snprintf(o->error, sizeof o->error, "%s%s%s", status, code[0] ? " " : "", code);
-    }
 }
 
 void apply_delivery(db_t *db, const struct mq_delivery *d, const struct apply_opts *opts,

@@ -12,7 +12,9 @@
 #include <stdbool.h>
 
 #include "db.h"
+#include "fault.h"
 #include "mq.h"
+#include "provider.h"
 
 enum outcome_kind {
     OUTCOME_DONE,        /* applied or refused by the business: reply, ack */
@@ -35,7 +37,8 @@ struct outcome {
 void outcome_clear(struct outcome *o);
 
 struct apply_opts {
-    const char *fault; /* fault injection point name (testing), may be NULL */
+    provider_t *provider; /* the payment provider (bound to the same db) */
+    struct fault *fault;  /* fault injection (testing); may be NULL */
 };
 
 /* Fills *out (which the caller clears with outcome_clear). */

@@ -46,6 +46,10 @@ static const struct cfg_opt options[] = {
         "first retry delay ceiling; doubles per attempt, full jitter, rounded up to a delay tier"),
     OPT("retry-cap-ms", "PAYQ_RETRY_CAP_MS", CFG_INT, "3600000", 1, 3600000, retry_cap_ms, "MS",
         "largest retry delay"),
+    OPT("sim-flaky-percent", "PAYQ_SIM_FLAKY_PERCENT", CFG_INT, "30", 0, 100, sim_flaky_percent,
+        "PCT", "simulated provider: chance that a call for tok_flaky fails transiently"),
+    OPT("sim-slow-ms", "PAYQ_SIM_SLOW_MS", CFG_INT, "1500", 0, 60000, sim_slow_ms, "MS",
+        "simulated provider: how long tok_slow takes to answer"),
     OPT("heartbeat", "PAYQ_HEARTBEAT", CFG_INT, "30", 0, 3600, heartbeat, "SEC",
         "AMQP heartbeat interval (0 = off)"),
     OPT("statement-timeout-ms", "PAYQ_STATEMENT_TIMEOUT_MS", CFG_INT, "5000", 0, 600000,
@@ -63,7 +67,8 @@ static const struct cfg_opt options[] = {
     OPT("prefix", NULL, CFG_STR, "", 0, 0, prefix, "TEXT",
         "report: only accounts and payments whose id starts with TEXT"),
     OPT("fault", "PAYQ_FAULT", CFG_STR, NULL, 0, 0, fault, "POINT",
-        "testing only: SIGKILL the worker at POINT (after_commit)"),
+        "testing only: SIGKILL the worker the N-th time it reaches POINT (POINT[:N]; points: "
+        "after_commit, before_provider_call, after_provider_call, before_ack)"),
     CFG_END
 };
 
@@ -152,6 +157,10 @@ static int run(const struct worker_config *cfg)
 
     struct worker_shared shared = { .cfg = cfg };
     atomic_init(&shared.stop, 0);
+    if (fault_parse(&shared.fault, cfg->fault) != 0) {
+        log_error("--fault must be POINT or POINT:N");
+        return 2;
+    }
     pthread_t *tids = calloc((size_t)cfg->threads, sizeof *tids);
     struct worker_thread_arg *args = calloc((size_t)cfg->threads, sizeof *args);
     if (!tids || !args) {

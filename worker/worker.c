@@ -16,6 +16,7 @@
 #include "db.h"
 #include "log.h"
 #include "mq.h"
+#include "provider.h"
 #include "topology.h"
 
 /* How long to wait for the broker to confirm an outcome before giving up on
@@ -29,6 +30,7 @@ struct thread_ctx {
     char name[128];
     mq_t *mq;
     db_t *db;
+    provider_t *provider; /* bound to db: remade with it */
     struct backoff reconnect;
 };
 
@@ -302,6 +304,7 @@ static int settle(struct thread_ctx *t, const struct mq_delivery *d, struct outc
                 "unacked and will be redelivered", payq_strerror(rc), mq_error(t->mq));
         return rc;
     }
+    fault_hit(&t->shared->fault, "before_ack");
     if ((rc = mq_ack(t->mq, d->channel, d->tag, false)) != PAYQ_OK)
         return rc;
 
@@ -321,20 +324,39 @@ static int settle(struct thread_ctx *t, const struct mq_delivery *d, struct outc
     return PAYQ_OK;
 }
 
+static void db_drop(struct thread_ctx *t)
+{
+    provider_free(t->provider);
+    t->provider = NULL;
+    db_close(t->db);
+    t->db = NULL;
+}
+
+/* Connects the database and the provider that keeps its state there. */
+static int db_open(struct thread_ctx *t)
+{
+    const struct worker_config *cfg = t->cfg;
+    int rc = db_connect(cfg->database_url, "payq-worker", cfg->statement_timeout_ms, &t->db);
+    if (rc != PAYQ_OK)
+        return rc;
+    struct provider_sim_opts so = { (int)cfg->sim_flaky_percent, cfg->sim_slow_ms };
+    if ((rc = provider_sim_new(t->db, &so, &t->provider)) != PAYQ_OK)
+        db_drop(t);
+    return rc;
+}
+
 static void disconnect(struct thread_ctx *t)
 {
     mq_close(t->mq);
     t->mq = NULL;
-    db_close(t->db);
-    t->db = NULL;
+    db_drop(t);
 }
 
 static int connect_all(struct thread_ctx *t)
 {
     const struct worker_config *cfg = t->cfg;
     int rc;
-    if (!t->db && (rc = db_connect(cfg->database_url, "payq-worker", cfg->statement_timeout_ms,
-                                   &t->db)) != PAYQ_OK)
+    if (!t->db && (rc = db_open(t)) != PAYQ_OK)
         return rc;
     if ((rc = mq_connect(cfg->amqp_url, t->name, (int)cfg->heartbeat, &t->mq)) != PAYQ_OK)
         return rc;
@@ -355,11 +377,9 @@ static int reconnect_db(struct thread_ctx *t)
 {
     struct backoff b;
     backoff_init(&b, 200, 10000);
-    db_close(t->db);
-    t->db = NULL;
+    db_drop(t);
     while (!stopping(t)) {
-        if (db_connect(t->cfg->database_url, "payq-worker", t->cfg->statement_timeout_ms,
-                       &t->db) == PAYQ_OK) {
+        if (db_open(t) == PAYQ_OK) {
             log_info("reconnected to PostgreSQL");
             return PAYQ_OK;
         }
@@ -376,9 +396,10 @@ static int reconnect_db(struct thread_ctx *t)
  * reconnecting to the broker. */
 static int handle(struct thread_ctx *t, struct mq_delivery *d)
 {
-    struct apply_opts opts = { t->cfg->fault };
+    struct apply_opts opts = { t->provider, &t->shared->fault };
     struct outcome o;
     for (;;) {
+        opts.provider = t->provider;
         apply_delivery(t->db, d, &opts, &o);
         if (o.kind != OUTCOME_DB_LOST)
             break;

@@ -13,6 +13,8 @@
 
 #include <stdatomic.h>
 
+#include "fault.h"
+
 struct worker_config {
     const char *amqp_url;
     const char *database_url;
@@ -28,6 +30,8 @@ struct worker_config {
     long max_attempts;
     long retry_base_ms;
     long retry_cap_ms;
+    long sim_flaky_percent;     /* simulated provider: tok_flaky failure rate */
+    long sim_slow_ms;           /* simulated provider: tok_slow delay */
     int no_migrate;
     int no_declare;
 };
@@ -35,6 +39,7 @@ struct worker_config {
 struct worker_shared {
     const struct worker_config *cfg;
     atomic_int stop; /* set by the signal thread: finish the delivery in hand, then exit */
+    struct fault fault;
 };
 
 /* Runs one worker thread until shared->stop; arg is a struct worker_thread_arg. */

@@ -141,7 +141,7 @@ static void test_duplicates(void **state)
     free(first);
     assert_int_equal(h_balance(bob), 3800);
     assert_int_equal(h_balance(shop), 1200);
-    assert_int_equal(postings_for("payment", pid), 1);
+    assert_int_equal(postings_for("capture", pid), 1);
     assert_int_equal(postings_for("deposit", h_id("dep-2")), 1);
 }
 
@@ -162,7 +162,7 @@ static void test_insufficient_funds(void **state)
     json_decref(r);
     assert_int_equal(h_balance(carol), 1000);
     assert_int_equal(h_balance(shop), 0);
-    assert_int_equal(postings_for("payment", pid), 0);
+    assert_int_equal(postings_for("capture", pid), 0);
     const char *p1[1] = { pid };
     assert_string_equal(h_text("SELECT status || ':' || failure_code FROM payq.payments"
                                " WHERE payment_id = $1", 1, p1),

@@ -1,0 +1,28 @@
+/*
+ * fault.h - fault injection for crash tests (testing only).
+ *
+ * PAYQ_FAULT=point[:n] makes the worker SIGKILL itself the n-th time (default
+ * the first) it reaches `point`, so a test can prove what a crash at that
+ * exact place leaves behind. Points: after_commit (a saga phase committed),
+ * before_provider_call, after_provider_call (the provider answered, nothing
+ * recorded yet), before_ack (the outcome is published and confirmed).
+ * Unset, it costs one pointer test.
+ */
+#ifndef PAYQ_FAULT_H
+#define PAYQ_FAULT_H
+
+#include <stdatomic.h>
+
+struct fault {
+    char point[32];
+    int nth;
+    atomic_int seen;
+};
+
+/* Parses "point[:n]"; NULL or "" disables. Returns 0, or -1 when malformed. */
+int fault_parse(struct fault *f, const char *spec);
+
+/* Dies with SIGKILL if this is the configured point's n-th hit. */
+void fault_hit(struct fault *f, const char *point);
+
+#endif
