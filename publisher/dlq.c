@@ -261,8 +261,8 @@ int main(int argc, char **argv)
     }
     cfg_redact_url(cfg.amqp_url, red, sizeof red);
     if (mq_connect(cfg.amqp_url, "payq-dlq", 30, &mq) != PAYQ_OK) {
-        fprintf(stderr, "payq-dlq: cannot connect to %s — is RabbitMQ running? (set AMQP_URL)\n",
-                red);
+        fprintf(stderr, "payq-dlq: cannot connect to %s: %s — is RabbitMQ running? (set AMQP_URL)\n",
+                red, mq_connect_error());
         mq = NULL;
         rc = 1;
         goto out;

@@ -210,8 +210,9 @@ int main(int argc, char **argv)
     cfg_redact_url(cfg.amqp_url, red, sizeof red);
     if (mq_connect(cfg.amqp_url, "payq-publish", 30, &mq) != PAYQ_OK) {
         fprintf(stderr,
-                "payq-publish: cannot connect to %s — is RabbitMQ running? "
-                "(bash tests/stack.sh up starts a local one; set AMQP_URL)\n", red);
+                "payq-publish: cannot connect to %s: %s — is RabbitMQ running? "
+                "(bash tests/stack.sh up starts a local one; set AMQP_URL)\n", red,
+                mq_connect_error());
         mq = NULL;
         rc = EXIT_UNAVAILABLE;
         goto out;

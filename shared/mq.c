@@ -124,14 +124,20 @@ static int open_socket(mq_t *mq, const struct amqp_connection_info *ci)
     struct timeval tv = { 10, 0 };
     int st = amqp_socket_open_noblock(sock, ci->host, ci->port, &tv);
     if (st != AMQP_STATUS_OK) {
-        set_error(mq, "cannot connect to %s:%d: %s", ci->host, ci->port, amqp_error_string2(st));
+        /* The URL is redacted by the caller; this names only the failure. */
+        set_error(mq, "%s", amqp_error_string2(st));
         return PAYQ_ERR_AMQP;
     }
     return PAYQ_OK;
 }
 
+static _Thread_local char connect_error[256];
+
+const char *mq_connect_error(void) { return connect_error; }
+
 int mq_connect(const char *url, const char *name, int heartbeat, mq_t **out)
 {
+    connect_error[0] = 0;
     mq_t *mq = calloc(1, sizeof *mq);
     char *copy = strdup(url ? url : "");
     int rc = PAYQ_ERR_NOMEM;
@@ -181,8 +187,8 @@ int mq_connect(const char *url, const char *name, int heartbeat, mq_t **out)
     *out = mq;
     return PAYQ_OK;
 fail:
-    if (mq && mq->error[0])
-        log_error("AMQP: %s", mq->error);
+    snprintf(connect_error, sizeof connect_error, "%s",
+             mq && mq->error[0] ? mq->error : payq_strerror(rc));
     free(copy);
     mq_close(mq);
     return rc;

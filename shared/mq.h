@@ -53,6 +53,10 @@ void mq_delivery_free(struct mq_delivery *d);
  */
 int mq_connect(const char *url, const char *name, int heartbeat, mq_t **out) PAYQ_MUSTCHECK;
 
+/* Why this thread's last mq_connect failed (like errno: thread-local, valid
+ * until the next call); never contains credentials. */
+const char *mq_connect_error(void);
+
 /* Closes politely when possible and frees; NULL is a no-op. */
 void mq_close(mq_t *mq);
 

@@ -13,6 +13,7 @@
 #include "apply.h"
 #include "backoff.h"
 #include "cmd.h"
+#include "config.h"
 #include "db.h"
 #include "log.h"
 #include "mq.h"
@@ -358,8 +359,12 @@ static int connect_all(struct thread_ctx *t)
     int rc;
     if (!t->db && (rc = db_open(t)) != PAYQ_OK)
         return rc;
-    if ((rc = mq_connect(cfg->amqp_url, t->name, (int)cfg->heartbeat, &t->mq)) != PAYQ_OK)
+    if ((rc = mq_connect(cfg->amqp_url, t->name, (int)cfg->heartbeat, &t->mq)) != PAYQ_OK) {
+        char red[256];
+        cfg_redact_url(cfg->amqp_url, red, sizeof red);
+        log_error("cannot connect to RabbitMQ at %s: %s", red, mq_connect_error());
         return rc;
+    }
     if (!cfg->no_declare && (rc = mq_declare_topology(t->mq)) != PAYQ_OK) {
         log_error("cannot declare the topology: %s", mq_error(t->mq));
         return rc;
