@@ -4,6 +4,7 @@
  *   payq-worker [run]     migrate (unless --no-migrate), then consume until SIGTERM
  *   payq-worker migrate   apply the SQL migrations and exit
  *   payq-worker report    print balances and payment outcomes as tables
+ *   payq-worker check     verify the invariants of the ledger, holds, refunds and history
  *   payq-worker version   print the version
  *
  * Signals are taken by sigwait() in the main thread, so no code runs in a
@@ -86,6 +87,9 @@ static void usage(FILE *out)
             "  migrate    apply the SQL migrations in --sql-dir and exit\n"
             "  report     print account balances and payment outcomes as tables\n"
             "             (--prefix limits them to ids starting with it)\n"
+            "  check      verify every invariant (balanced postings, no overdraft, holds,\n"
+            "             refunds, one outbox event per state change, history rebuilds\n"
+            "             state); exits 1 and lists what is wrong on any violation\n"
             "  version    print the version and exit\n"
             "\n"
             "Options (each also read from the environment variable shown):\n");
@@ -137,6 +141,19 @@ static int report(const struct worker_config *cfg)
         log_error("report failed: %s", db_error(db));
     db_close(db);
     return rc == PAYQ_OK ? 0 : 1;
+}
+
+static int check(const struct worker_config *cfg)
+{
+    db_t *db;
+    if (db_connect(cfg->database_url, "payq-worker check", 0, &db) != PAYQ_OK)
+        return 1;
+    int violations = 0;
+    int rc = report_check(db, stdout, &violations);
+    if (rc != PAYQ_OK)
+        log_error("check failed: %s", db_error(db));
+    db_close(db);
+    return rc == PAYQ_OK && violations == 0 ? 0 : 1;
 }
 
 static int run(const struct worker_config *cfg)
@@ -241,13 +258,15 @@ int main(int argc, char **argv)
         rc = run(&cfg);
     } else if (strcmp(command, "migrate") == 0) {
         rc = migrate(&cfg);
+    } else if (strcmp(command, "check") == 0) {
+        rc = check(&cfg);
     } else if (strcmp(command, "report") == 0) {
         rc = report(&cfg);
     } else if (strcmp(command, "version") == 0) {
         printf("payq-worker %s\n", PAYQ_VERSION);
         rc = 0;
     } else {
-        fprintf(stderr, "payq-worker: unknown command %s (run, migrate, report or version; see --help)\n",
+        fprintf(stderr, "payq-worker: unknown command %s (run, migrate, report, check or version; see --help)\n",
                 command);
         rc = 2;
     }

@@ -91,3 +91,32 @@ int report_print(db_t *db, FILE *out, const char *prefix, long limit)
     PQclear(res);
     return PAYQ_OK;
 }
+
+int report_check(db_t *db, FILE *out, int *violations)
+{
+    PGresult *res = PQexec(db_conn(db), "SELECT severity, invariant, subject, detail"
+                                        "  FROM payq.check_invariants()"
+                                        " ORDER BY severity DESC, invariant, subject");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return db_fail(db, res);
+    int bad = 0, n = PQntuples(res);
+    for (int i = 0; i < n; i++) {
+        if (strcmp(PQgetvalue(res, i, 0), "violation") == 0)
+            bad++;
+        fprintf(out, "%-9s  %-24s %-30s %s\n", PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
+                PQgetvalue(res, i, 2), PQgetvalue(res, i, 3));
+    }
+    PQclear(res);
+    res = PQexec(db_conn(db), "SELECT (SELECT count(*) FROM payq.payments),"
+                              " (SELECT count(*) FROM payq.postings),"
+                              " (SELECT count(*) FROM payq.payment_events)");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return db_fail(db, res);
+    fprintf(out, "%s: %d violation(s), %d warning(s); checked %s payments, %s postings, "
+                 "%s payment events\n",
+            bad ? "FAILED" : "OK", bad, n - bad, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1),
+            PQgetvalue(res, 0, 2));
+    PQclear(res);
+    *violations = bad;
+    return PAYQ_OK;
+}
