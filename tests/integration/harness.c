@@ -70,16 +70,23 @@ pid_t h_worker_start(const char *const *extra_env)
     int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
     assert_true(fd >= 0);
     off_t start = lseek(fd, 0, SEEK_END);
+    int threads = 1;
+    for (const char *const *e = extra_env; e && *e; e++)
+        if (strncmp(*e, "PAYQ_THREADS=", 13) == 0)
+            threads = atoi(*e + 13);
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
         dup2(fd, STDERR_FILENO);
+        /* Defaults for tests; extra_env can override them. */
+        putenv("PAYQ_THREADS=1");
+        putenv("PAYQ_PREFETCH=10");
+        putenv("PAYQ_LOG_LEVEL=debug");
         for (const char *const *e = extra_env; e && *e; e++)
             putenv((char *)(uintptr_t)*e);
         char bin[512];
         snprintf(bin, sizeof bin, "%s/payq-worker", PAYQ_BINARY_DIR);
-        execl(bin, bin, "run", "--threads", "1", "--prefetch", "10", "--log-level", "debug",
-              (char *)NULL);
+        execl(bin, bin, "run", (char *)NULL);
         _exit(127);
     }
     close(fd);
@@ -89,12 +96,12 @@ pid_t h_worker_start(const char *const *extra_env)
         if (f) {
             fseek(f, start, SEEK_SET);
             char line[4096];
-            bool ready = false;
+            int ready = 0;
             while (fgets(line, sizeof line, f))
                 if (strstr(line, "consuming"))
-                    ready = true;
+                    ready++;
             fclose(f);
-            if (ready)
+            if (ready >= threads)
                 return pid;
         }
         int st;
