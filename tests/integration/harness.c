@@ -19,6 +19,34 @@
 #include "topology.h"
 
 static const char *amqp_url, *database_url;
+
+/* Workers this test started and has not reaped: killed at exit, so a failed
+ * assertion never leaves a worker consuming behind the next test's back. */
+static pid_t children[64];
+
+static void track(pid_t pid, bool add)
+{
+    for (size_t i = 0; i < sizeof children / sizeof children[0]; i++) {
+        if (add && children[i] == 0) {
+            children[i] = pid;
+            return;
+        }
+        if (!add && children[i] == pid) {
+            children[i] = 0;
+            return;
+        }
+    }
+}
+
+static void kill_children(void)
+{
+    for (size_t i = 0; i < sizeof children / sizeof children[0]; i++) {
+        if (children[i] > 0) {
+            kill(children[i], SIGKILL);
+            waitpid(children[i], NULL, 0);
+        }
+    }
+}
 static char prefix[64];
 static PGconn *db;
 
@@ -36,15 +64,32 @@ void h_init(void)
     clock_gettime(CLOCK_REALTIME, &ts);
     snprintf(prefix, sizeof prefix, "t%lx%x", (unsigned long)ts.tv_sec,
              (unsigned)(getpid() & 0xffff));
+    atexit(kill_children);
+}
+
+/* Ids live until exit (freed then, so leak checkers stay quiet). */
+static char **ids;
+static size_t nids;
+
+static void free_ids(void)
+{
+    for (size_t i = 0; i < nids; i++)
+        free(ids[i]);
+    free(ids);
 }
 
 const char *h_id(const char *name)
 {
-    static char ring[16][128];
-    static int next;
-    char *s = ring[next++ % 16];
-    snprintf(s, 128, "%s-%s", prefix, name);
-    return s;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s-%s", prefix, name);
+    char **grown = realloc(ids, (nids + 1) * sizeof *ids);
+    assert_non_null(grown);
+    ids = grown;
+    if (nids == 0)
+        atexit(free_ids);
+    ids[nids] = strdup(buf);
+    assert_non_null(ids[nids]);
+    return ids[nids++];
 }
 
 static long long now_ms(void)
@@ -90,6 +135,7 @@ pid_t h_worker_start(const char *const *extra_env)
         _exit(127);
     }
     close(fd);
+    track(pid, true);
     long long deadline = now_ms() + 30000;
     while (now_ms() < deadline) {
         FILE *f = fopen(log_path, "r");
@@ -105,8 +151,10 @@ pid_t h_worker_start(const char *const *extra_env)
                 return pid;
         }
         int st;
-        if (waitpid(pid, &st, WNOHANG) == pid)
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            track(pid, false);
             fail_msg("payq-worker exited during start (status %d); see %s", st, log_path);
+        }
         sleep_ms(50);
     }
     kill(pid, SIGKILL);
@@ -119,8 +167,10 @@ int h_worker_wait(pid_t pid, int timeout_ms)
     long long deadline = now_ms() + timeout_ms;
     int st;
     while (now_ms() < deadline) {
-        if (waitpid(pid, &st, WNOHANG) == pid)
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            track(pid, false);
             return st;
+        }
         sleep_ms(20);
     }
     return -1;
@@ -133,6 +183,7 @@ int h_worker_stop(pid_t pid, int sig)
     if (st == -1) {
         kill(pid, SIGKILL);
         waitpid(pid, &st, 0);
+        track(pid, false);
         fail_msg("payq-worker did not stop within 30 s of signal %d", sig);
     }
     return st;

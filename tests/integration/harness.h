@@ -22,7 +22,7 @@
 /* Reads AMQP_URL / DATABASE_URL; fails the test run with a hint if unset. */
 void h_init(void);
 
-/* A unique id for this run: "<prefix>-<name>". Static storage, rotating. */
+/* A unique id for this run: "<prefix>-<name>"; valid until the test exits. */
 const char *h_id(const char *name);
 
 /* Starts build/worker/payq-worker run; env entries "NAME=value" are added.
