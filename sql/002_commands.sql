@@ -44,6 +44,22 @@ CREATE TABLE payq.inbox (
 );
 CREATE INDEX inbox_created_at ON payq.inbox (created_at);
 
+-- Forgets message-level keys older than p_keep whose command finished (at
+-- most p_batch per call, so no long lock). Business keys are never pruned.
+CREATE FUNCTION payq.prune_inbox(p_keep interval, p_batch integer DEFAULT 10000) RETURNS bigint
+LANGUAGE sql AS $$
+    WITH old AS (
+        SELECT scope, message_id FROM payq.inbox
+         WHERE created_at < now() - p_keep AND reply IS NOT NULL
+         ORDER BY created_at LIMIT p_batch
+    ), gone AS (
+        DELETE FROM payq.inbox i USING old
+         WHERE i.scope = old.scope AND i.message_id = old.message_id
+        RETURNING 1
+    )
+    SELECT count(*) FROM gone;
+$$;
+
 CREATE TABLE payq.deposits (
     deposit_id    text PRIMARY KEY,
     account_id    text NOT NULL,

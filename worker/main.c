@@ -47,6 +47,10 @@ static const struct cfg_opt options[] = {
         "first retry delay ceiling; doubles per attempt, full jitter, rounded up to a delay tier"),
     OPT("retry-cap-ms", "PAYQ_RETRY_CAP_MS", CFG_INT, "3600000", 1, 3600000, retry_cap_ms, "MS",
         "largest retry delay"),
+    OPT("inbox-retention-hours", "PAYQ_INBOX_RETENTION_HOURS", CFG_INT, "24", 1, 87600,
+        inbox_retention_hours, "H",
+        "keep message_id idempotency keys at least this long (keys of unfinished commands and "
+        "business ids are never pruned)"),
     OPT("sim-flaky-percent", "PAYQ_SIM_FLAKY_PERCENT", CFG_INT, "30", 0, 100, sim_flaky_percent,
         "PCT", "simulated provider: chance that a call for tok_flaky fails transiently"),
     OPT("sim-slow-ms", "PAYQ_SIM_SLOW_MS", CFG_INT, "1500", 0, 60000, sim_slow_ms, "MS",

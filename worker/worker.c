@@ -397,6 +397,31 @@ static int reconnect_db(struct thread_ctx *t)
     return PAYQ_ERR_INTERRUPTED;
 }
 
+/* Housekeeping done by thread 0 between deliveries, about once a minute:
+ * forget expired message-level idempotency keys. */
+static void maintain(struct thread_ctx *t, long long *next)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (t->index != 0 || now.tv_sec < *next)
+        return;
+    *next = now.tv_sec + 60;
+    char keep[32];
+    snprintf(keep, sizeof keep, "%ld hours", t->cfg->inbox_retention_hours);
+    const char *params[1] = { keep };
+    PGresult *res = PQexecParams(db_conn(t->db), "SELECT payq.prune_inbox($1::interval)", 1,
+                                 NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+        if (strcmp(PQgetvalue(res, 0, 0), "0") != 0)
+            log_info("pruned %s message idempotency keys older than %s",
+                     PQgetvalue(res, 0, 0), keep);
+        PQclear(res);
+    } else {
+        db_fail(t->db, res);
+        log_warn("could not prune the inbox: %s", db_error(t->db));
+    }
+}
+
 /* Handles one delivery to the end. PAYQ_OK, or an error that requires
  * reconnecting to the broker. */
 static int handle(struct thread_ctx *t, struct mq_delivery *d)
@@ -440,8 +465,10 @@ void *worker_thread(void *arg)
         backoff_reset(&t.reconnect);
         log_info("thread %d consuming %s (prefetch %ld)", t.index, t.cfg->queue,
                  t.cfg->prefetch);
+        long long next_maintenance = 0;
         while (!stopping(&t)) {
             struct mq_delivery *d = NULL;
+            maintain(&t, &next_maintenance);
             int rc = mq_next(t.mq, 1000, &d);
             if (rc == PAYQ_ERR_TIMEOUT)
                 continue;

@@ -30,6 +30,7 @@ struct worker_config {
     long max_attempts;
     long retry_base_ms;
     long retry_cap_ms;
+    long inbox_retention_hours; /* message-level idempotency keys are kept this long */
     long sim_flaky_percent;     /* simulated provider: tok_flaky failure rate */
     long sim_slow_ms;           /* simulated provider: tok_slow delay */
     int no_migrate;
