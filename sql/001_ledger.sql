@@ -119,14 +119,11 @@ BEGIN
     RAISE EXCEPTION '% is append-only', TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege';
 END $$;
 
-CREATE TRIGGER postings_append_only BEFORE UPDATE OR DELETE ON payq.postings
-    FOR EACH ROW EXECUTE FUNCTION payq.append_only();
-CREATE TRIGGER postings_no_truncate BEFORE TRUNCATE ON payq.postings
+-- Statement-level, so even an UPDATE or DELETE that matches no row fails.
+CREATE TRIGGER postings_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payq.postings
     FOR EACH STATEMENT EXECUTE FUNCTION payq.append_only();
-CREATE TRIGGER ledger_entries_append_only BEFORE UPDATE OR DELETE ON payq.ledger_entries
-    FOR EACH ROW EXECUTE FUNCTION payq.append_only();
-CREATE TRIGGER ledger_entries_no_truncate BEFORE TRUNCATE ON payq.ledger_entries
-    FOR EACH STATEMENT EXECUTE FUNCTION payq.append_only();
+CREATE TRIGGER ledger_entries_append_only BEFORE UPDATE OR DELETE OR TRUNCATE
+    ON payq.ledger_entries FOR EACH STATEMENT EXECUTE FUNCTION payq.append_only();
 
 -- Holds: money reserved on a wallet by an authorization (capture: false),
 -- counted in the account's pending balance while active. A hold is resolved

@@ -162,10 +162,8 @@ CREATE TABLE payq.payment_events (
     occurred_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (payment_id, version)
 );
-CREATE TRIGGER payment_events_append_only BEFORE UPDATE OR DELETE ON payq.payment_events
-    FOR EACH ROW EXECUTE FUNCTION payq.append_only();
-CREATE TRIGGER payment_events_no_truncate BEFORE TRUNCATE ON payq.payment_events
-    FOR EACH STATEMENT EXECUTE FUNCTION payq.append_only();
+CREATE TRIGGER payment_events_append_only BEFORE UPDATE OR DELETE OR TRUNCATE
+    ON payq.payment_events FOR EACH STATEMENT EXECUTE FUNCTION payq.append_only();
 
 -- Transactional outbox: events to publish to payq.events, written in the
 -- same transaction as the state change they describe; the relay publishes

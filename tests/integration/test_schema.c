@@ -131,6 +131,29 @@ static void test_append_only(void **state)
     assert_int_equal(h_balance(c), 100);
 }
 
+/* Old message keys of finished commands are pruned; those of commands whose
+ * saga is still in flight (reply NULL) are kept whatever their age. */
+static void test_inbox_pruning(void **state)
+{
+    (void)state;
+    const char *p[2] = { h_id("old-done"), h_id("old-running") };
+    assert_string_equal(h_exec("INSERT INTO payq.inbox (scope, message_id, command, request_hash,"
+                               " reply, created_at) VALUES"
+                               " ('test', $1, 'payment.create', '\\x00', '{}',"
+                               "  now() - interval '3 days'),"
+                               " ('test', $2, 'payment.create', '\\x00', NULL,"
+                               "  now() - interval '3 days')",
+                               2, p),
+                        "");
+    assert_true(h_int("SELECT payq.prune_inbox('24 hours')", 0, NULL) >= 1);
+    assert_int_equal(h_int("SELECT count(*) FROM payq.inbox WHERE scope = 'test'"
+                           " AND message_id IN ($1, $2)", 2, p),
+                     1);
+    assert_string_equal(h_text("SELECT message_id FROM payq.inbox WHERE scope = 'test'"
+                               " AND message_id IN ($1, $2)", 2, p),
+                        p[1]);
+}
+
 int main(void)
 {
     h_init();
@@ -140,6 +163,7 @@ int main(void)
         cmocka_unit_test(test_no_overdraft),
         cmocka_unit_test(test_balances_only_through_ledger),
         cmocka_unit_test(test_append_only),
+        cmocka_unit_test(test_inbox_pruning),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
