@@ -8,6 +8,9 @@
 #   - pays the merchant from both wallets
 #   - publishes one payment twice with the same message_id (applied once)
 #   - tries a payment larger than the wallet holds (failed: insufficient_funds)
+#   - pays by card through the simulated provider, and tries a declined card
+#   - authorizes a payment, captures part of it (the rest of the hold is released)
+#   - refunds part of a payment
 #   - publishes a malformed message (rejected to the dead-letter queue)
 #
 # then prints the balances and payment outcomes as tables, and leaves the
@@ -87,11 +90,25 @@ send payment.create "{\"payment_id\":\"$run-pay-1\",\"amount\":2500,\"currency\"
 say "More than bob has left: declined"
 send payment.create "{\"payment_id\":\"$run-pay-3\",\"amount\":3000,\"currency\":\"USD\",\"source\":\"$bob\",\"destination\":\"$shop\",\"capture\":true}"
 
+say "Paying by card (simulated provider: tok_visa approves, tok_chargeDeclined declines)"
+send payment.create "{\"payment_id\":\"$run-pay-4\",\"amount\":4000,\"currency\":\"USD\",\"source\":\"tok_visa\",\"destination\":\"$shop\",\"capture\":true}"
+send payment.create "{\"payment_id\":\"$run-pay-5\",\"amount\":900,\"currency\":\"USD\",\"source\":\"tok_chargeDeclined\",\"destination\":\"$shop\",\"capture\":true}"
+
+say "Authorize 30.00 on alice's wallet, capture 20.00: the other 10.00 of the hold is released"
+send payment.create "{\"payment_id\":\"$run-pay-6\",\"amount\":3000,\"currency\":\"USD\",\"source\":\"$alice\",\"destination\":\"$shop\",\"capture\":false}"
+send payment.capture "{\"payment_id\":\"$run-pay-6\",\"amount\":2000}"
+
+say "Refund 5.00 of alice's first payment"
+send payment.refund "{\"refund_id\":\"$run-refund-1\",\"payment_id\":\"$run-pay-1\",\"amount\":500,\"reason\":\"one bag was torn\"}"
+
 say "A malformed message: rejected to the dead-letter queue payq.dlq"
-send payment.create "{\"payment_id\": \"$run-pay-4\", \"amount\": 12,"
+send payment.create "{\"payment_id\": \"$run-pay-7\", \"amount\": 12,"
 
 say "Outcome"
 "$WORKER" report --prefix "$run"
+
+say "Invariants (payq-worker check)"
+"$WORKER" check
 
 cat <<EOF
 

@@ -53,23 +53,23 @@ int report_print(db_t *db, FILE *out, const char *prefix, long limit)
     if (!res)
         return PAYQ_ERR_DB;
     fprintf(out, "Accounts\n");
-    fprintf(out, "%-28s %-9s %18s %18s %18s\n", "ACCOUNT", "KIND", "POSTED", "PENDING",
+    fprintf(out, "%-24s %-9s %18s %18s %18s\n", "ACCOUNT", "KIND", "POSTED", "PENDING",
             "AVAILABLE");
-    rule(out, 95);
+    rule(out, 91);
     for (int i = 0; i < PQntuples(res); i++) {
         char posted[48], pending[48], available[48];
         const char *cur = PQgetvalue(res, i, 2);
         amount(PQgetvalue(res, i, 3), cur, posted, sizeof posted);
         amount(PQgetvalue(res, i, 4), cur, pending, sizeof pending);
         amount(PQgetvalue(res, i, 5), cur, available, sizeof available);
-        fprintf(out, "%-28s %-9s %18s %18s %18s\n", PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
+        fprintf(out, "%-24s %-9s %18s %18s %18s\n", PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
                 posted, pending, available);
     }
     PQclear(res);
 
     res = query(db,
-                "SELECT payment_id, status, COALESCE(failure_code, ''), amount, fee, currency,"
-                "       source || ' -> ' || destination"
+                "SELECT payment_id, status, COALESCE(failure_code, ''), amount, captured_amount,"
+                "       refunded_amount, fee, currency, source"
                 "  FROM payq.payments"
                 " WHERE starts_with(payment_id, $1)"
                 " ORDER BY created_at, payment_id LIMIT $2",
@@ -77,16 +77,19 @@ int report_print(db_t *db, FILE *out, const char *prefix, long limit)
     if (!res)
         return PAYQ_ERR_DB;
     fprintf(out, "\nPayments\n");
-    fprintf(out, "%-28s %-10s %-19s %14s %10s  %s\n", "PAYMENT", "STATUS", "CODE", "AMOUNT",
-            "FEE", "FROM -> TO");
-    rule(out, 110);
+    fprintf(out, "%-24s %-10s %-18s %13s %13s %13s %11s  %s\n", "PAYMENT", "STATUS", "CODE",
+            "AMOUNT", "CAPTURED", "REFUNDED", "FEE", "SOURCE");
+    rule(out, 120);
     for (int i = 0; i < PQntuples(res); i++) {
-        char amt[48], fee[48];
-        const char *cur = PQgetvalue(res, i, 5);
+        char amt[48], cap[48], ref[48], fee[48];
+        const char *cur = PQgetvalue(res, i, 7);
         amount(PQgetvalue(res, i, 3), cur, amt, sizeof amt);
-        amount(PQgetvalue(res, i, 4), cur, fee, sizeof fee);
-        fprintf(out, "%-28s %-10s %-19s %14s %10s  %s\n", PQgetvalue(res, i, 0),
-                PQgetvalue(res, i, 1), PQgetvalue(res, i, 2), amt, fee, PQgetvalue(res, i, 6));
+        amount(PQgetvalue(res, i, 4), cur, cap, sizeof cap);
+        amount(PQgetvalue(res, i, 5), cur, ref, sizeof ref);
+        amount(PQgetvalue(res, i, 6), cur, fee, sizeof fee);
+        fprintf(out, "%-24s %-10s %-18s %13s %13s %13s %11s  %s\n", PQgetvalue(res, i, 0),
+                PQgetvalue(res, i, 1), PQgetvalue(res, i, 2), amt, cap, ref, fee,
+                PQgetvalue(res, i, 8));
     }
     PQclear(res);
     return PAYQ_OK;
