@@ -9,6 +9,7 @@
 #   bash tests/stack.sh down [--purge]   stop what `up` started (and delete
 #                                its data with --purge)
 #   bash tests/stack.sh deps [PKG...]    only install missing packages (plus PKG...)
+#   bash tests/stack.sh stop|start pg|rabbitmq   stop or start one server (tests)
 #
 # Both servers run as plain background processes (no systemd, no service
 # scripts) out of one private directory, $PAYQ_STACK_DIR (default
@@ -522,14 +523,30 @@ cmd_status() {
     return "$ok"
 }
 
+# Fault injection for tests: stop or start one server of a running stack
+# (its data and configuration stay), e.g. to prove the worker rides out a
+# database outage.
+cmd_service() { # stop|start pg|rabbitmq
+    lock_stack
+    pg_locate
+    case $1:$2 in
+    stop:pg) pg_stop ;;
+    start:pg) pg_start ;;
+    stop:rabbitmq) rmq_stop ;;
+    start:rabbitmq) rmq_start ;;
+    *) die "usage: bash tests/stack.sh stop|start pg|rabbitmq" ;;
+    esac
+}
+
 case ${1:-} in
 up) cmd_up ;;
+stop | start) cmd_service "$1" "${2:-}" ;;
 down) shift; cmd_down "$@" ;;
 env) cmd_env ;;
 status) cmd_status ;;
 deps) shift; install_packages "$@"; log "all packages present" ;;
 *)
-    echo "usage: bash tests/stack.sh up | down [--purge] | env | status | deps [PKG...]" >&2
+    echo "usage: bash tests/stack.sh up | down [--purge] | env | status | deps [PKG...] | stop|start pg|rabbitmq" >&2
     exit 2
     ;;
 esac

@@ -106,6 +106,10 @@ static int phase(db_t *db, const char *scope, const char *message_id, const cmd_
      * as a bug in a migration) goes through the delay tiers, so a fix can
      * still apply it and an exhausted budget leaves it in the DLQ. */
     o->kind = (rc == PAYQ_ERR_DB && !db_ok(db)) ? OUTCOME_DB_LOST : OUTCOME_RETRY;
+    /* A busy payment (55006) or a lost race (40001, 40P01) says nothing
+     * about the database's health; timeouts and resource errors do. */
+    o->dependency = rc == PAYQ_ERR_DB && db_transient(db_sqlstate(db)) &&
+                    strcmp(db_sqlstate(db), "55006") != 0 && !db_retry_now(db_sqlstate(db));
     return rc;
 }
 
@@ -186,6 +190,7 @@ static void apply_in_db(db_t *db, const struct mq_delivery *d, const cmd_t *cmd,
         fault_hit(opts->fault, "after_provider_call");
         if (rc != PAYQ_OK || a.status == PROV_TRANSIENT) {
             o->kind = OUTCOME_RETRY;
+            o->dependency = true;
             snprintf(o->error, sizeof o->error, "payment provider: %s",
                      rc != PAYQ_OK ? payq_strerror(rc) : a.error);
             prov_answer_clear(&a);

@@ -30,6 +30,8 @@ struct outcome {
     char sqlstate[6];   /* when the database failed */
     char *reply;        /* JSON reply body (malloc'd) or NULL; owned by the outcome */
     bool redact;        /* the body holds a card number: mask it before it goes anywhere */
+    bool dependency;    /* a retry caused by a dependency (database, provider) failing: it
+                           counts towards opening the circuit */
     char command[32];   /* for logs */
     char id[65];        /* business id, for logs */
 };

@@ -47,6 +47,18 @@ static const struct cfg_opt options[] = {
         "first retry delay ceiling; doubles per attempt, full jitter, rounded up to a delay tier"),
     OPT("retry-cap-ms", "PAYQ_RETRY_CAP_MS", CFG_INT, "3600000", 1, 3600000, retry_cap_ms, "MS",
         "largest retry delay"),
+    OPT("retry-deadline-s", "PAYQ_RETRY_DEADLINE_S", CFG_INT, "86400", 1, 31536000,
+        retry_deadline_s, "SEC",
+        "give up (retries_exhausted) once this long has passed since the first failure"),
+    OPT("poison-deliveries", "PAYQ_POISON_DELIVERIES", CFG_INT, "5", 2, 9, poison_deliveries,
+        "N",
+        "a message delivered this many times without an outcome (it killed or stalled the "
+        "workers that took it) goes to the DLQ as poison; the queue's x-delivery-limit (10) is "
+        "the backstop"),
+    OPT("circuit-threshold", "PAYQ_CIRCUIT_THRESHOLD", CFG_INT, "5", 1, 1000, circuit_threshold,
+        "N",
+        "consecutive transient failures (database or provider) after which a thread stops "
+        "taking new work and probes the same command with backoff until it succeeds"),
     OPT("inbox-retention-hours", "PAYQ_INBOX_RETENTION_HOURS", CFG_INT, "24", 1, 87600,
         inbox_retention_hours, "H",
         "keep message_id idempotency keys at least this long (keys of unfinished commands and "

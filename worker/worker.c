@@ -17,6 +17,7 @@
 #include "db.h"
 #include "log.h"
 #include "mq.h"
+#include "mqjson.h"
 #include "provider.h"
 #include "topology.h"
 
@@ -33,6 +34,10 @@ struct thread_ctx {
     db_t *db;
     provider_t *provider; /* bound to db: remade with it */
     struct backoff reconnect;
+    /* Circuit breaker: consecutive dependency failures; open = probing. */
+    int failures_in_a_row;
+    bool circuit_open;
+    struct backoff circuit;
 };
 
 static bool stopping(const struct thread_ctx *t)
@@ -169,6 +174,18 @@ static void copy_props(const struct mq_delivery *d, const struct outcome *o, int
     props->headers.entries = h->e;
 }
 
+/* True when the first failure (header) is more than deadline_s ago. */
+static bool past_deadline(const struct mq_delivery *d, long deadline_s)
+{
+    char first[64];
+    header_or(&d->message.properties, "x-payq-first-failure-at", "", first, sizeof first);
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    if (!first[0] || !strptime(first, "%Y-%m-%dT%H:%M:%S", &tm))
+        return false;
+    return time(NULL) - timegm(&tm) > deadline_s;
+}
+
 static int attempts_so_far(const struct mq_delivery *d)
 {
     int64_t n;
@@ -200,6 +217,104 @@ static int publish_reply(struct thread_ctx *t, const struct mq_delivery *d,
     return mq_publish(t->mq, "", reply_to, false, &rp, o->reply, strlen(o->reply), NULL);
 }
 
+/* A NUL-terminated copy of an optional AMQP string property ("" if unset). */
+static const char *prop(amqp_flags_t flags, amqp_flags_t flag, amqp_bytes_t b, char *buf,
+                        size_t len)
+{
+    buf[0] = 0;
+    if ((flags & flag) && b.len < len) {
+        memcpy(buf, b.bytes, b.len);
+        buf[b.len] = 0;
+    }
+    return buf;
+}
+
+/*
+ * Archives the dead letter in payq.dead_letters (full diagnostics; the DLQ
+ * copy's headers stay small) and writes its id into `id`. Best effort: if
+ * the database is unreachable the copy still goes to the DLQ, without the
+ * id header, and `payq-dlq sync` archives it later.
+ */
+static int record_dead_letter(struct thread_ctx *t, const struct mq_delivery *d,
+                              const struct outcome *o, int attempts,
+                              const amqp_basic_properties_t *props, const char *body, size_t len,
+                              char id[40])
+{
+    if (!db_ok(t->db))
+        return PAYQ_ERR_DB;
+    const amqp_basic_properties_t *p = &d->message.properties;
+    char mid[256], corr[256], exch[256], rk[256], first[64], att[16];
+    json_t *pj = mq_props_to_json(props);
+    char *pjs = pj ? json_dumps(pj, JSON_COMPACT) : NULL;
+    json_decref(pj);
+    if (!pjs)
+        return PAYQ_ERR_NOMEM;
+    header_or(p, "x-payq-original-exchange", d->exchange, exch, sizeof exch);
+    header_or(p, "x-payq-original-routing-key", d->routing_key, rk, sizeof rk);
+    header_or(p, "x-payq-first-failure-at", "", first, sizeof first);
+    snprintf(att, sizeof att, "%d", attempts);
+    bool redacted = false;
+    amqp_table_t *hd = (amqp_table_t *)(uintptr_t)&props->headers;
+    for (int i = 0; i < hd->num_entries; i++)
+        if (hd->entries[i].key.len == 15 && memcmp(hd->entries[i].key.bytes, "x-payq-redacted", 15) == 0)
+            redacted = true;
+    const char *params[15] = {
+        prop(p->_flags, AMQP_BASIC_MESSAGE_ID_FLAG, p->message_id, mid, sizeof mid)[0] ? mid : NULL,
+        prop(p->_flags, AMQP_BASIC_CORRELATION_ID_FLAG, p->correlation_id, corr, sizeof corr)[0]
+            ? corr : NULL,
+        exch, rk, o->id[0] ? o->id : NULL, o->reason, o->error, o->sqlstate, att,
+        first[0] ? first : NULL, pjs, body, redacted ? "true" : "false", t->name, NULL
+    };
+    int lengths[15] = { 0 };
+    int formats[15] = { 0 };
+    lengths[11] = (int)len;
+    formats[11] = 1; /* the body as bytes */
+    PGresult *res = PQexecParams(db_conn(t->db),
+                                 "SELECT payq.record_dead_letter($1, $2, $3, $4, $5, $6, $7, $8,"
+                                 " $9::int, $10::timestamptz, $11::jsonb, $12::bytea,"
+                                 " $13::boolean, $14)",
+                                 14, NULL, params, lengths, formats, 0);
+    free(pjs);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        db_fail(t->db, res);
+        log_warn("could not archive the dead letter (it still goes to the DLQ): %s",
+                 db_error(t->db));
+        return PAYQ_ERR_DB;
+    }
+    snprintf(id, 40, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return PAYQ_OK;
+}
+
+/* Records a transient failure in payq.failures (best effort). */
+static void record_failure(struct thread_ctx *t, const struct mq_delivery *d,
+                           const struct outcome *o, int attempt, const char *tier)
+{
+    if (!db_ok(t->db))
+        return;
+    const amqp_basic_properties_t *p = &d->message.properties;
+    char mid[256], rk[256], att[16];
+    header_or(p, "x-payq-original-routing-key", d->routing_key, rk, sizeof rk);
+    snprintf(att, sizeof att, "%d", attempt);
+    const char *params[9] = {
+        prop(p->_flags, AMQP_BASIC_MESSAGE_ID_FLAG, p->message_id, mid, sizeof mid)[0] ? mid : NULL,
+        d->message.body.bytes, rk, o->id[0] ? o->id : NULL, att, o->error, o->sqlstate, t->name,
+        tier
+    };
+    int lengths[9] = { 0, (int)d->message.body.len };
+    int formats[9] = { 0, 1 };
+    PGresult *res = PQexecParams(db_conn(t->db),
+                                 "SELECT payq.record_failure($1, $2::bytea, $3, $4, $5::int, $6,"
+                                 " $7, $8, $9)",
+                                 9, NULL, params, lengths, formats, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        db_fail(t->db, res);
+        log_warn("could not record the failure: %s", db_error(t->db));
+        return;
+    }
+    PQclear(res);
+}
+
 /* Sends a copy of the delivery to the DLQ (mandatory: it must land). */
 static int publish_dead_letter(struct thread_ctx *t, const struct mq_delivery *d,
                                const struct outcome *o, int attempts)
@@ -226,6 +341,11 @@ static int publish_dead_letter(struct thread_ctx *t, const struct mq_delivery *d
         h_bool(&h, "x-payq-redacted", true);
     }
     props.headers.num_entries = h.n;
+    char id[40];
+    if (record_dead_letter(t, d, o, attempts, &props, body, len, id) == PAYQ_OK) {
+        h_str(&h, "x-payq-dead-letter-id", id);
+        props.headers.num_entries = h.n;
+    }
 
     int rc = mq_publish(t->mq, PAYQ_X_DLX, d->routing_key, true, &props, body, len, NULL);
     free(body);
@@ -255,6 +375,7 @@ static int publish_retry(struct thread_ctx *t, const struct mq_delivery *d,
     *tier = pick_tier(t->cfg, attempts, &seed);
     h_str(&h, PAYQ_RETRY_TIER_HEADER, (*tier)->name);
     props.headers.num_entries = h.n;
+    record_failure(t, d, o, attempts, (*tier)->name);
     return mq_publish(t->mq, PAYQ_X_RETRY, d->routing_key, true, &props,
                       d->message.body.bytes, d->message.body.len, NULL);
 }
@@ -279,7 +400,8 @@ static int settle(struct thread_ctx *t, const struct mq_delivery *d, struct outc
     const struct topo_tier *tier = NULL;
     int rc = PAYQ_OK;
 
-    if (o->kind == OUTCOME_RETRY && attempts >= t->cfg->max_attempts) {
+    if (o->kind == OUTCOME_RETRY &&
+        (attempts >= t->cfg->max_attempts || past_deadline(d, t->cfg->retry_deadline_s))) {
         o->kind = OUTCOME_DEAD_LETTER;
         snprintf(o->reason, sizeof o->reason, "retries_exhausted");
     }
@@ -422,20 +544,91 @@ static void maintain(struct thread_ctx *t, long long *next)
     }
 }
 
+/* Probes of one command while the circuit is open before it goes to a
+ * delay tier after all (so one command that always fails cannot hold a
+ * thread forever). */
+#define CIRCUIT_PROBES_PER_COMMAND 3
+
+/* Waits ms while keeping the broker connection alive (heartbeats, confirms,
+ * and deliveries buffered for later). */
+static int pause_ms(struct thread_ctx *t, long ms)
+{
+    int rc = mq_wait_confirms(t->mq, mq_last_seq(t->mq), (int)ms);
+    return rc == PAYQ_ERR_TIMEOUT ? PAYQ_OK : rc;
+}
+
+/* Updates the circuit after an attempt; true when the command should be
+ * tried again in place (the circuit is open and this command may probe). */
+static bool circuit_probe_again(struct thread_ctx *t, const struct outcome *o, int probes,
+                                const struct log_ctx *lc)
+{
+    if (o->kind != OUTCOME_RETRY) {
+        if (t->circuit_open)
+            log_msg(LOG_INFO, lc, "circuit closed: the dependency answers again");
+        t->circuit_open = false;
+        t->failures_in_a_row = 0;
+        backoff_reset(&t->circuit);
+        return false;
+    }
+    if (!o->dependency)
+        return false;
+    if (++t->failures_in_a_row >= t->cfg->circuit_threshold && !t->circuit_open) {
+        t->circuit_open = true;
+        log_msg(LOG_WARN, lc, "circuit open after %d dependency failures in a row (%s); "
+                "probing with backoff instead of spending retry budgets",
+                t->failures_in_a_row, o->error);
+    }
+    return t->circuit_open && probes < CIRCUIT_PROBES_PER_COMMAND && !stopping(t);
+}
+
 /* Handles one delivery to the end. PAYQ_OK, or an error that requires
  * reconnecting to the broker. */
 static int handle(struct thread_ctx *t, struct mq_delivery *d)
 {
+    const amqp_basic_properties_t *p = &d->message.properties;
     struct apply_opts opts = { t->provider, &t->shared->fault };
     struct outcome o;
-    for (;;) {
+    char mid[256];
+    struct log_ctx lc = { prop(p->_flags, AMQP_BASIC_MESSAGE_ID_FLAG, p->message_id, mid,
+                               sizeof mid), NULL, NULL, NULL, 0 };
+
+    /* Poison: delivered again and again without an outcome, because it
+     * killed or stalled every worker that took it. Quorum queues count
+     * earlier deliveries in x-delivery-count. */
+    int64_t earlier;
+    if (mq_header_int(p, "x-delivery-count", &earlier) &&
+        earlier + 1 >= t->cfg->poison_deliveries) {
+        memset(&o, 0, sizeof o);
+        o.kind = OUTCOME_DEAD_LETTER;
+        snprintf(o.reason, sizeof o.reason, "poison");
+        snprintf(o.error, sizeof o.error,
+                 "delivered %lld times without an outcome: it crashed or stalled every worker "
+                 "that took it", (long long)earlier + 1);
+        snprintf(o.command, sizeof o.command, "%.31s", d->routing_key);
+        int rc = settle(t, d, &o);
+        outcome_clear(&o);
+        return rc;
+    }
+
+    for (int probes = 0;; probes++) {
         opts.provider = t->provider;
         apply_delivery(t->db, d, &opts, &o);
-        if (o.kind != OUTCOME_DB_LOST)
+        if (o.kind == OUTCOME_DB_LOST) {
+            log_warn("lost the database connection: %s", o.error);
+            outcome_clear(&o);
+            int rc = reconnect_db(t);
+            if (rc != PAYQ_OK)
+                return rc;
+            continue;
+        }
+        lc.command = o.command;
+        lc.id = o.id;
+        if (!circuit_probe_again(t, &o, probes, &lc))
             break;
-        log_warn("lost the database connection: %s", o.error);
+        long ms = backoff_next(&t->circuit);
+        log_msg(LOG_WARN, &lc, "circuit open: probing again in %ld ms (%s)", ms, o.error);
         outcome_clear(&o);
-        int rc = reconnect_db(t);
+        int rc = pause_ms(t, ms);
         if (rc != PAYQ_OK)
             return rc;
     }
@@ -453,6 +646,7 @@ void *worker_thread(void *arg)
     snprintf(t.name, sizeof t.name, "payq-worker %s pid %d thread %d", host, (int)getpid(),
              wa->index);
     backoff_init(&t.reconnect, 500, 30000);
+    backoff_init(&t.circuit, 500, 30000);
 
     while (!stopping(&t)) {
         if (connect_all(&t) != PAYQ_OK) {

@@ -30,6 +30,9 @@ struct worker_config {
     long max_attempts;
     long retry_base_ms;
     long retry_cap_ms;
+    long retry_deadline_s;      /* give up this long after the first failure */
+    long poison_deliveries;     /* dead-letter as poison after this many deliveries */
+    long circuit_threshold;     /* consecutive transient failures that open the circuit */
     long inbox_retention_hours; /* message-level idempotency keys are kept this long */
     long sim_flaky_percent;     /* simulated provider: tok_flaky failure rate */
     long sim_slow_ms;           /* simulated provider: tok_slow delay */
