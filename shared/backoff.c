@@ -36,3 +36,11 @@ void backoff_reset(struct backoff *b)
 {
     b->attempt = 0;
 }
+
+long backoff_full_jitter(long base_ms, long cap_ms, int n, unsigned int *seed)
+{
+    long ceil = backoff_ceiling(base_ms, cap_ms, n);
+    /* Two draws: RAND_MAX may be as small as 2^31 - 1 < an hour in ms * 2. */
+    unsigned long r = ((unsigned long)rand_r(seed) << 16) ^ (unsigned long)rand_r(seed);
+    return (long)(r % ((unsigned long)ceil + 1));
+}

@@ -22,4 +22,8 @@ void backoff_reset(struct backoff *b);
 /* The upper bound of the delay for attempt n (0-based), before jitter. */
 long backoff_ceiling(long base_ms, long cap_ms, int n);
 
+/* Full jitter: a delay drawn uniformly from [0, backoff_ceiling(base, cap, n)]
+ * (the retry delay of the n-th retry, 0-based). */
+long backoff_full_jitter(long base_ms, long cap_ms, int n, unsigned int *seed);
+
 #endif

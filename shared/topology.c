@@ -79,3 +79,11 @@ const struct topo_binding topo_bindings[] = {
     { PAYQ_X_DLX, PAYQ_Q_DLQ, "#", { { 0 } }, 0 },
 };
 const size_t topo_nbindings = sizeof topo_bindings / sizeof topo_bindings[0];
+
+const struct topo_tier *topo_tier_for(long delay_ms)
+{
+    for (size_t i = 0; i < topo_ntiers; i++)
+        if (topo_tiers[i].delay_ms >= delay_ms)
+            return &topo_tiers[i];
+    return &topo_tiers[topo_ntiers - 1];
+}

@@ -60,6 +60,10 @@ struct topo_tier {
     long long delay_ms;
 };
 
+/* The shortest tier whose delay is at least delay_ms (the longest tier for
+ * anything longer): a backoff delay is rounded up to a tier. */
+const struct topo_tier *topo_tier_for(long delay_ms);
+
 extern const struct topo_exchange topo_exchanges[];
 extern const size_t topo_nexchanges;
 extern const struct topo_queue topo_queues[];

@@ -14,7 +14,7 @@
 --   tok_insufficientFunds                declined: insufficient_funds
 --   tok_riskHighest                      approved, issuer risk score 99 (payq's fraud rule voids it)
 --   tok_captureDeclined                  authorization approved, capture declined
---   tok_timeout<N>                       times out N times per operation (N = 1..9), then approved
+--   tok_timeout<N>                       the authorization times out N times (N = 1..9), then is approved
 --   tok_flaky                            fails transiently at a configured rate, else approved
 --   tok_slow                             approved after a configured delay
 --   any other tok_...                    declined: card_declined (unknown token)
@@ -59,7 +59,7 @@ BEGIN
     -- The token of the card: given for authorize, looked up by auth_id after.
     tok := COALESCE(o.token, (SELECT token FROM payq_sim.operations
                                WHERE auth_id = o.auth_id AND op = 'authorize' LIMIT 1));
-    IF tok ~ '^tok_timeout[1-9]$' THEN
+    IF p_op = 'authorize' AND tok ~ '^tok_timeout[1-9]$' THEN
         n := substr(tok, 12)::integer;
         IF o.calls <= n THEN
             RETURN jsonb_build_object('key', p_key, 'status', 'timeout');

@@ -224,6 +224,7 @@ void apply_delivery(db_t *db, const struct mq_delivery *d, const struct apply_op
     struct cmd_error err;
     const amqp_bytes_t *ct = (p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG) ? &p->content_type : NULL;
     const amqp_bytes_t *tp = (p->_flags & AMQP_BASIC_TYPE_FLAG) ? &p->type : NULL;
+    fault_hit_body(opts->fault, d->message.body.bytes, d->message.body.len);
     int rc = cmd_parse(rk.bytes, rk.len, ct ? ct->bytes : NULL, ct ? ct->len : 0,
                        tp ? tp->bytes : NULL, tp ? tp->len : 0, d->message.body.bytes,
                        d->message.body.len, &cmd, &err);

@@ -19,6 +19,12 @@ int fault_parse(struct fault *f, const char *spec)
     if (n == 0 || n >= sizeof f->point)
         return -1;
     memcpy(f->point, spec, n);
+    if (strcmp(f->point, "body_contains") == 0) {
+        if (!colon || !colon[1] || strlen(colon + 1) >= sizeof f->match)
+            return -1;
+        snprintf(f->match, sizeof f->match, "%s", colon + 1);
+        return 0;
+    }
     f->nth = colon ? atoi(colon + 1) : 1;
     return f->nth >= 1 ? 0 : -1;
 }
@@ -29,6 +35,14 @@ void fault_hit(struct fault *f, const char *point)
         return;
     if (atomic_fetch_add(&f->seen, 1) + 1 == f->nth) {
         log_warn("fault injection: SIGKILL at %s (hit %d)", point, f->nth);
+        raise(SIGKILL);
+    }
+}
+
+void fault_hit_body(struct fault *f, const void *body, size_t len)
+{
+    if (f && f->match[0] && memmem(body, len, f->match, strlen(f->match))) {
+        log_warn("fault injection: SIGKILL on a body containing \"%s\"", f->match);
         raise(SIGKILL);
     }
 }

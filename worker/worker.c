@@ -357,12 +357,7 @@ static int publish_dead_letter(struct thread_ctx *t, const struct mq_delivery *d
 static const struct topo_tier *pick_tier(const struct worker_config *cfg, int n,
                                          unsigned int *seed)
 {
-    long ceil = backoff_ceiling(cfg->retry_base_ms, cfg->retry_cap_ms, n - 1);
-    long delay = ceil > 0 ? (long)(rand_r(seed) % (ceil + 1)) : 0;
-    for (size_t i = 0; i < topo_ntiers; i++)
-        if (topo_tiers[i].delay_ms >= delay)
-            return &topo_tiers[i];
-    return &topo_tiers[topo_ntiers - 1];
+    return topo_tier_for(backoff_full_jitter(cfg->retry_base_ms, cfg->retry_cap_ms, n - 1, seed));
 }
 
 static int publish_retry(struct thread_ctx *t, const struct mq_delivery *d,
@@ -614,7 +609,11 @@ static int handle(struct thread_ctx *t, struct mq_delivery *d)
         opts.provider = t->provider;
         apply_delivery(t->db, d, &opts, &o);
         if (o.kind == OUTCOME_DB_LOST) {
-            log_warn("lost the database connection: %s", o.error);
+            /* The database is the dependency that failed: the circuit opens
+             * and this delivery waits in hand until it is back. */
+            if (!t->circuit_open)
+                log_warn("circuit open: lost the database connection: %s", o.error);
+            t->circuit_open = true;
             outcome_clear(&o);
             int rc = reconnect_db(t);
             if (rc != PAYQ_OK)

@@ -38,12 +38,13 @@ static void track(pid_t pid, bool add)
     }
 }
 
-static void kill_children(void)
+void h_kill_workers(void)
 {
     for (size_t i = 0; i < sizeof children / sizeof children[0]; i++) {
         if (children[i] > 0) {
             kill(children[i], SIGKILL);
             waitpid(children[i], NULL, 0);
+            children[i] = 0;
         }
     }
 }
@@ -64,7 +65,7 @@ void h_init(void)
     clock_gettime(CLOCK_REALTIME, &ts);
     snprintf(prefix, sizeof prefix, "t%lx%x", (unsigned long)ts.tv_sec,
              (unsigned)(getpid() & 0xffff));
-    atexit(kill_children);
+    atexit(h_kill_workers);
 }
 
 /* Ids live until exit (freed then, so leak checkers stay quiet). */

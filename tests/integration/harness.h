@@ -30,6 +30,9 @@ const char *h_id(const char *name);
 pid_t h_worker_start(const char *const *extra_env);
 /* Sends sig and waits for the exit; returns the wait status. */
 int h_worker_stop(pid_t pid, int sig);
+/* SIGKILLs every worker this test started and has not reaped (a test's
+ * teardown, so a failed assertion leaves no worker behind). */
+void h_kill_workers(void);
 /* Waits for the child to exit by itself, up to timeout_ms; wait status or -1. */
 int h_worker_wait(pid_t pid, int timeout_ms);
 

@@ -1,0 +1,386 @@
+/*
+ * relay.c - the outbox relay thread: leader election, LISTEN/NOTIFY wake-ups,
+ * batched publishes with windowed confirms, and marking rows published only
+ * after their confirms (see relay.h).
+ */
+#include "relay.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "backoff.h"
+#include "db.h"
+#include "log.h"
+#include "mq.h"
+#include "topology.h"
+#include "worker.h"
+
+/* How long the broker may take to confirm a batch before the connection is
+ * given up (the batch is then published again after reconnecting). */
+#define CONFIRM_TIMEOUT_MS 30000
+/* The longest wait for a NOTIFY before looking at the table anyway. */
+#define IDLE_WAIT_MS 1000
+/* Slices of every wait, so a stop request is seen quickly. */
+#define STOP_CHECK_MS 250
+
+/* Unpublished rows, oldest first (the partial index outbox_unpublished). */
+static const char FETCH_SQL[] =
+    "SELECT id, event_id, routing_key, body::text, correlation_id,"
+    "       floor(extract(epoch FROM created_at))::bigint"
+    "  FROM payq.outbox WHERE published_at IS NULL ORDER BY id LIMIT $1";
+enum {
+    F_ID,
+    F_EVENT_ID,
+    F_ROUTING_KEY,
+    F_BODY,
+    F_CORRELATION_ID,
+    F_CREATED_AT
+};
+
+static const char MARK_SQL[] = "UPDATE payq.outbox SET published_at = now()"
+                               " WHERE id = ANY($1::bigint[]) AND published_at IS NULL";
+
+struct relay {
+    const struct worker_config *cfg;
+    struct worker_shared *shared;
+    char mq_name[128];
+    char db_name[64];
+    mq_t *mq;
+    db_t *db;
+    bool leader;  /* this session holds RELAY_LOCK_KEY */
+    bool standby; /* "standing by" was logged for this session */
+    struct backoff reconnect;
+};
+
+static bool stopping(const struct relay *r)
+{
+    return atomic_load(&r->shared->stop) != 0;
+}
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Sleeps up to ms, in short steps so a stop request is seen at once. Used
+ * only while disconnected: there is no heartbeat to answer then. */
+static void nap(const struct relay *r, long ms)
+{
+    while (ms > 0 && !stopping(r)) {
+        long step = ms < 100 ? ms : 100;
+        struct timespec ts = { 0, step * 1000000L };
+        nanosleep(&ts, NULL);
+        ms -= step;
+    }
+}
+
+static void disconnect(struct relay *r)
+{
+    mq_close(r->mq);
+    r->mq = NULL;
+    db_close(r->db); /* ends the session: PostgreSQL releases the lock */
+    r->db = NULL;
+    r->leader = false;
+    r->standby = false;
+}
+
+static int connect_all(struct relay *r)
+{
+    int rc;
+    if ((rc = db_connect(r->cfg->database_url, r->db_name, r->cfg->statement_timeout_ms, &r->db)) !=
+        PAYQ_OK)
+        return rc;
+    if ((rc = mq_connect(r->cfg->amqp_url, r->mq_name, (int)r->cfg->heartbeat, &r->mq)) != PAYQ_OK)
+        return rc;
+    /* The worker threads declare the topology too, but the relay may get
+     * there first, and a publish to a missing exchange closes the channel. */
+    if (!r->cfg->no_declare && (rc = mq_declare_topology(r->mq)) != PAYQ_OK) {
+        log_error("relay: cannot declare the topology: %s", mq_error(r->mq));
+        return rc;
+    }
+    return PAYQ_OK;
+}
+
+/*
+ * Lets rabbitmq-c read what the broker sent (heartbeats, a connection.close)
+ * and send a heartbeat when one is due: it does so only inside its calls.
+ * mq_wait_confirms would return at once without calling the library when no
+ * confirm is pending, so this reads with a zero timeout instead. The relay
+ * consumes nothing, so a timeout is the normal answer.
+ */
+static int amqp_keepalive(struct relay *r)
+{
+    struct mq_delivery *d = NULL;
+    int rc = mq_next(r->mq, 0, &d);
+    mq_delivery_free(d);
+    return rc == PAYQ_ERR_TIMEOUT ? PAYQ_OK : rc;
+}
+
+/*
+ * Waits up to ms for a NOTIFY on RELAY_NOTIFY_CHANNEL while keeping both
+ * connections serviced; a standby (not listening) uses it as a watchful
+ * sleep. *notified says whether one came. Returns early on a stop request.
+ * An error means a connection is gone.
+ */
+static int wait_notify(struct relay *r, long ms, bool *notified)
+{
+    PGconn *c = db_conn(r->db);
+    long long deadline = now_ms() + ms;
+    int rc;
+    *notified = false;
+    for (;;) {
+        /* Notifications that came with earlier results are already queued:
+         * look before sleeping. */
+        if (!PQconsumeInput(c) || PQstatus(c) != CONNECTION_OK)
+            return db_fail(r->db, NULL);
+        PGnotify *n;
+        while ((n = PQnotifies(c)) != NULL) {
+            *notified = true;
+            PQfreemem(n);
+        }
+        if ((rc = amqp_keepalive(r)) != PAYQ_OK)
+            return rc;
+        long long left = deadline - now_ms();
+        if (*notified || left <= 0 || stopping(r))
+            return PAYQ_OK;
+        struct pollfd p = { .fd = PQsocket(c), .events = POLLIN };
+        if (p.fd < 0)
+            return db_fail(r->db, NULL);
+        if (poll(&p, 1, (int)(left < STOP_CHECK_MS ? left : STOP_CHECK_MS)) < 0 && errno != EINTR) {
+            log_error("relay: poll on the PostgreSQL socket: %s", strerror(errno));
+            return PAYQ_ERR_IO;
+        }
+    }
+}
+
+/* Tries once to become the leader; on success starts listening. */
+static int try_lead(struct relay *r)
+{
+    char k[24];
+    snprintf(k, sizeof k, "%lld", RELAY_LOCK_KEY);
+    const char *key[1] = { k };
+    PGresult *res = PQexecParams(db_conn(r->db), "SELECT pg_try_advisory_lock($1::bigint)", 1, NULL,
+                                 key, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
+        return db_fail(r->db, res);
+    bool got = PQgetvalue(res, 0, 0)[0] == 't';
+    PQclear(res);
+    if (!got) {
+        if (!r->standby)
+            log_info("relay: another payq-worker is the outbox relay leader; standing by "
+                     "(retrying every %d ms)",
+                     RELAY_STANDBY_MS);
+        r->standby = true;
+        return PAYQ_OK;
+    }
+    /* LISTEN before the first read of the table: a row committed after the
+     * read then always wakes us, and one committed before is in the read. */
+    int rc = db_exec(r->db, "LISTEN " RELAY_NOTIFY_CHANNEL);
+    if (rc != PAYQ_OK)
+        return rc;
+    r->leader = true;
+    log_info("relay: this process is now the outbox relay leader (advisory lock %lld); "
+             "publishing to %s",
+             RELAY_LOCK_KEY, PAYQ_X_EVENTS);
+    return PAYQ_OK;
+}
+
+/* Publishes row i of the batch (not mandatory: an event that no queue
+ * subscribes to is fine). */
+static int publish_row(struct relay *r, const PGresult *res, int i, uint64_t *seq)
+{
+    const char *event_id = PQgetvalue(res, i, F_EVENT_ID);
+    const char *rk = PQgetvalue(res, i, F_ROUTING_KEY);
+    amqp_basic_properties_t p;
+    memset(&p, 0, sizeof p);
+    p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
+               AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TYPE_FLAG | AMQP_BASIC_TIMESTAMP_FLAG;
+    p.content_type = amqp_cstring_bytes("application/json");
+    p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+    p.message_id = mq_bytes(event_id);
+    p.type = mq_bytes(rk);
+    p.timestamp = strtoull(PQgetvalue(res, i, F_CREATED_AT), NULL, 10);
+    if (!PQgetisnull(res, i, F_CORRELATION_ID)) {
+        p._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
+        p.correlation_id = mq_bytes(PQgetvalue(res, i, F_CORRELATION_ID));
+    }
+    return mq_publish(r->mq, PAYQ_X_EVENTS, rk, false, &p, PQgetvalue(res, i, F_BODY),
+                      (size_t)PQgetlength(res, i, F_BODY), seq);
+}
+
+/* The ids of the batch as a bigint[] literal, "{1,2,3}"; caller frees. */
+static char *id_array(const PGresult *res, int n)
+{
+    size_t len = 3;
+    for (int i = 0; i < n; i++)
+        len += (size_t)PQgetlength(res, i, F_ID) + 1;
+    char *s = malloc(len);
+    if (!s)
+        return NULL;
+    size_t pos = 0;
+    s[pos++] = '{';
+    for (int i = 0; i < n; i++) {
+        if (i > 0)
+            s[pos++] = ',';
+        size_t l = (size_t)PQgetlength(res, i, F_ID);
+        memcpy(s + pos, PQgetvalue(res, i, F_ID), l);
+        pos += l;
+    }
+    s[pos++] = '}';
+    s[pos] = 0;
+    return s;
+}
+
+/*
+ * Publishes up to cfg->relay_batch unpublished rows in id order, waits for
+ * all their confirms at once, then marks them published. *count gets the
+ * number of rows handled.
+ *
+ * At least once, never lost: a row is marked only after the broker
+ * confirmed it. A crash, a nack or a lost connection after the publishes but
+ * before the UPDATE commits leaves the rows unpublished, and the next leader
+ * publishes them again, in the same order, with the same message_id
+ * (event_id), which consumers use to drop duplicates.
+ */
+static int relay_batch(struct relay *r, int *count)
+{
+    PGconn *c = db_conn(r->db);
+    char limit[24];
+    snprintf(limit, sizeof limit, "%ld", r->cfg->relay_batch);
+    const char *params[1] = { limit };
+    long long t0 = now_ms();
+    PGresult *res = PQexecParams(c, FETCH_SQL, 1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return db_fail(r->db, res);
+    int n = PQntuples(res);
+    *count = 0;
+    if (n == 0) {
+        PQclear(res);
+        return PAYQ_OK;
+    }
+
+    int rc = PAYQ_OK;
+    uint64_t last = 0;
+    char *ids = NULL;
+    for (int i = 0; i < n && rc == PAYQ_OK; i++)
+        rc = publish_row(r, res, i, &last);
+    /* Windowed confirms: one wait for the whole batch. */
+    if (rc == PAYQ_OK)
+        rc = mq_wait_confirms(r->mq, last, CONFIRM_TIMEOUT_MS);
+    if (rc != PAYQ_OK) {
+        log_error("relay: publishing %d event(s) from outbox id %s failed (%s: %s); they stay "
+                  "unpublished and will be published again",
+                  n, PQgetvalue(res, 0, F_ID), payq_strerror(rc), mq_error(r->mq));
+        goto out;
+    }
+
+    if (!(ids = id_array(res, n))) {
+        rc = PAYQ_ERR_NOMEM;
+        goto out;
+    }
+    const char *mark[1] = { ids };
+    PGresult *up = PQexecParams(c, MARK_SQL, 1, NULL, mark, NULL, NULL, 0);
+    if (PQresultStatus(up) != PGRES_COMMAND_OK) {
+        rc = db_fail(r->db, up);
+        log_error("relay: %d event(s) were published but could not be marked (%s); they will "
+                  "be published again",
+                  n, db_error(r->db));
+        goto out;
+    }
+    PQclear(up);
+    *count = n;
+    log_debug("relay: published %d event(s), outbox ids %s..%s, in %lld ms", n,
+              PQgetvalue(res, 0, F_ID), PQgetvalue(res, n - 1, F_ID), now_ms() - t0);
+out:
+    free(ids);
+    PQclear(res);
+    return rc;
+}
+
+/* Works on one pair of connections until a failure or a stop request. */
+static int run(struct relay *r)
+{
+    long long next_try = 0;
+    while (!stopping(r)) {
+        bool notified;
+        int rc;
+        if (!r->leader) {
+            if (now_ms() >= next_try) {
+                if ((rc = try_lead(r)) != PAYQ_OK)
+                    return rc;
+                backoff_reset(&r->reconnect);
+                next_try = now_ms() + RELAY_STANDBY_MS;
+            }
+            if (!r->leader) {
+                if ((rc = wait_notify(r, IDLE_WAIT_MS, &notified)) != PAYQ_OK)
+                    return rc;
+                continue;
+            }
+        }
+        int count;
+        if ((rc = relay_batch(r, &count)) != PAYQ_OK)
+            return rc;
+        backoff_reset(&r->reconnect);
+        if (count >= r->cfg->relay_batch)
+            continue; /* more may be waiting: no pause */
+        /* Rows arrive with a NOTIFY; the timeout is a safety net (a lost
+         * notification, a row written by something that does not notify). */
+        if ((rc = wait_notify(r, IDLE_WAIT_MS, &notified)) != PAYQ_OK)
+            return rc;
+    }
+    return PAYQ_OK;
+}
+
+/* Says which connection failed and why, and whether leadership goes with it. */
+static void log_failure(const struct relay *r, int rc)
+{
+    char why[800];
+    if (r->db && !db_ok(r->db))
+        snprintf(why, sizeof why, "lost the PostgreSQL connection: %s", db_error(r->db));
+    else if (r->mq && mq_error(r->mq)[0])
+        snprintf(why, sizeof why, "RabbitMQ: %s", mq_error(r->mq));
+    else if (r->db && db_error(r->db)[0])
+        snprintf(why, sizeof why, "PostgreSQL: %s (SQLSTATE %s)", db_error(r->db),
+                 db_sqlstate(r->db));
+    else
+        snprintf(why, sizeof why, "%s", payq_strerror(rc));
+    if (r->leader)
+        log_warn("relay: giving up the outbox relay leadership: %s", why);
+    else
+        log_warn("relay: %s", why);
+}
+
+void *relay_thread(void *arg)
+{
+    struct relay_arg *ra = arg;
+    struct relay r = { .cfg = ra->shared->cfg, .shared = ra->shared };
+    char host[64] = "localhost";
+    (void)gethostname(host, sizeof host - 1);
+    snprintf(r.mq_name, sizeof r.mq_name, "payq-worker relay %s pid %d", host, (int)getpid());
+    /* Shown in pg_stat_activity next to the lock: who leads. */
+    snprintf(r.db_name, sizeof r.db_name, "payq-worker relay pid %d", (int)getpid());
+    backoff_init(&r.reconnect, 500, 30000);
+
+    while (!stopping(&r)) {
+        int rc = connect_all(&r);
+        if (rc == PAYQ_OK && (rc = run(&r)) != PAYQ_OK)
+            log_failure(&r, rc);
+        disconnect(&r);
+        if (rc != PAYQ_OK && !stopping(&r)) {
+            long ms = backoff_next(&r.reconnect);
+            log_warn("relay: reconnecting to RabbitMQ and PostgreSQL in %ld ms", ms);
+            nap(&r, ms);
+        }
+    }
+    disconnect(&r);
+    log_info("relay stopped");
+    return NULL;
+}
