@@ -1,240 +1,283 @@
 /*
- * payq-dlq - inspect and replay the dead-letter queue (payq.dlq).
+ * payq-dlq - the dead-letter tool: list, show, stats, replay, discard,
+ * export, import, sync.
  *
- *   payq-dlq list               a table of the dead letters, oldest first
- *   payq-dlq show N             headers and body of the N-th dead letter
- *   payq-dlq replay N | --all   put dead letters back on their original
- *                               routing key with their original message_id
- *
- * Inspection reads with basic.get and never acks, so every message returns
- * to the queue when the connection closes. Replay publishes the copy with
- * publisher confirms and acks the dead letter only after the confirm: a
- * replay killed at any point loses nothing, and a message replayed twice is
- * still applied once, because its message_id and business id are unchanged.
+ * This file holds the options, --help, the checks of each command's
+ * arguments and the connections; dlq.h says where the rest lives and how a
+ * dead letter is kept (a row in payq.dead_letters, the truth, and a copy in
+ * payq.dlq).
  */
+#include <signal.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include <jansson.h>
+#include <unistd.h>
 
 #include "config.h"
+#include "dlq.h"
 #include "log.h"
-#include "mq.h"
 #include "topology.h"
 
-struct dlq_config {
-    const char *amqp_url;
-    const char *queue;
-    const char *message_id;
-    long limit;
-    int all;
-    int dry_run;
-};
+/* AMQP heartbeat, seconds: long enough for the slowest statement. */
+#define HEARTBEAT 60
 
 #define OPT(f, e, t, d, lo, hi, field, mv, h) \
     { f, e, t, d, lo, hi, offsetof(struct dlq_config, field), mv, h }
 
+/*
+ * Selection options have no environment variable on purpose: one left in
+ * a shell would silently change what a replay or a discard touches.
+ */
 static const struct cfg_opt options[] = {
     OPT("amqp-url", "AMQP_URL", CFG_SECRET, "amqp://guest:guest@localhost:5672", 0, 0, amqp_url,
-        "URL", "RabbitMQ holding the dead-letter queue"),
-    OPT("queue", "PAYQ_DLQ", CFG_STR, PAYQ_Q_DLQ, 0, 0, queue, "NAME", "dead-letter queue"),
-    OPT("limit", NULL, CFG_INT, "1000", 1, 1000000, limit, "N",
-        "look at no more than N dead letters"),
-    OPT("all", NULL, CFG_BOOL, NULL, 0, 0, all, NULL, "replay: every dead letter"),
-    OPT("message-id", NULL, CFG_STR, NULL, 0, 0, message_id, "ID",
-        "replay: the dead letters with this message_id"),
+        "URL", "RabbitMQ (replay, discard, sync, import)"),
+    OPT("database-url", "DATABASE_URL", CFG_SECRET, NULL, 0, 0, database_url, "URL",
+        "PostgreSQL URI or keyword string; unset = libpq's PG* variables"),
+    OPT("queue", "PAYQ_DLQ", CFG_STR, PAYQ_Q_DLQ, 0, 0, queue, "NAME",
+        "the dead-letter queue to reconcile"),
+    OPT("reason", NULL, CFG_STR, NULL, 0, 0, reason, "CODE|TEXT",
+        "filter: dead letters with this reason code (malformed_json, retries_exhausted, ...). "
+        "In discard it is instead the required note saying why (kept in resolution_note); "
+        "filter there with --code"),
+    OPT("code", NULL, CFG_STR, NULL, 0, 0, code, "CODE",
+        "filter on the reason code, in every command (the same as --reason outside discard)"),
+    OPT("routing-key", NULL, CFG_STR, NULL, 0, 0, routing_key, "RK",
+        "filter: the command's routing key; * is a wildcard (payment.*)"),
+    OPT("since", NULL, CFG_STR, NULL, 0, 0, since, "WHEN",
+        "filter: archived at or after WHEN: RFC 3339 (2026-11-27T16:00:00Z) or an age (30m, 2h, "
+        "7d)"),
+    OPT("until", NULL, CFG_STR, NULL, 0, 0, until, "WHEN", "filter: archived at or before WHEN"),
+    OPT("grep", NULL, CFG_STR, NULL, 0, 0, grep, "TEXT",
+        "filter: TEXT in the body, the error, the message_id, the business id or the "
+        "correlation_id (case-sensitive)"),
+    OPT("status", NULL, CFG_STR, "dead", 0, 0, status, "STATUS",
+        "filter: dead, replayed, discarded or all (ids named on the command line are taken "
+        "whatever their status)"),
+    OPT("limit", NULL, CFG_INT, "0", 0, 100000000, limit, "N",
+        "at most N dead letters (list: the newest N, default 200; stats: N groups; others: the "
+        "oldest N, default all)"),
+    OPT("all", NULL, CFG_BOOL, NULL, 0, 0, all, NULL,
+        "replay, discard: every dead letter the filters select, even with no filter"),
     OPT("dry-run", NULL, CFG_BOOL, NULL, 0, 0, dry_run, NULL,
-        "replay: say what would be replayed, change nothing"),
+        "replay, discard: print what would be done, change nothing"),
+    OPT("force", NULL, CFG_BOOL, NULL, 0, 0, force, NULL,
+        "replay: also dead letters already replayed or discarded; discard: also replayed ones"),
+    OPT("rate", "PAYQ_DLQ_RATE", CFG_INT, "0", 0, 1000000, rate, "N",
+        "replay: at most N messages per second (0 = as fast as the broker confirms)"),
+    OPT("canary", NULL, CFG_INT, "0", 0, 10000, canary, "N",
+        "replay: replay the first N, wait for their outcome, and stop before the rest if any "
+        "failed again"),
+    OPT("canary-timeout", "PAYQ_DLQ_CANARY_TIMEOUT", CFG_INT, "30", 1, 3600, canary_timeout, "S",
+        "replay: how long to wait for the canaries' outcome; none within it counts as failed"),
+    OPT("statement-timeout-ms", "PAYQ_STATEMENT_TIMEOUT_MS", CFG_INT, "30000", 0, 3600000,
+        statement_timeout_ms, "MS", "longest SQL statement (export has none)"),
+    OPT("log-level", "PAYQ_LOG_LEVEL", CFG_STR, "warn", 0, 0, log_level, "LEVEL",
+        "debug, info, warn or error (JSON lines on stderr)"),
     CFG_END
 };
 
 static void usage(FILE *out)
 {
     fprintf(out,
-            "Usage: payq-dlq COMMAND [OPTIONS]\n"
-            "\n"
-            "Inspects and replays payq's dead-letter queue.\n"
-            "\n"
-            "Commands:\n"
-            "  list                 one line per dead letter: position, reason, attempts,\n"
-            "                       routing key, message_id, last failure, error\n"
-            "  show N               headers and body of dead letter N (from `list`)\n"
-            "  replay N             republish dead letter N to its original routing key\n"
-            "  replay --all         republish every dead letter\n"
-            "  replay --message-id ID\n"
-            "                       republish the dead letters with that message_id\n"
-            "\n"
-            "Options:\n");
+"Usage: payq-dlq COMMAND [ARGUMENTS] [OPTIONS]\n"
+"\n"
+"Inspects, replays and discards payq's dead letters. A dead letter is a row in PostgreSQL\n"
+"(payq.dead_letters, with its full diagnostics) and a message in the queue payq.dlq whose\n"
+"header x-payq-dead-letter-id names the row.\n"
+"\n"
+"Commands:\n"
+"  list                     one line per dead letter, newest last: id, age, reason, command,\n"
+"                           business id, message_id, attempts, status\n"
+"  show ID                  one dead letter: status, diagnostics (full error, SQLSTATE,\n"
+"                           fingerprint, worker, first and last failure), properties and\n"
+"                           headers, every failed attempt, the body\n"
+"  stats                    counts grouped by reason and fingerprint (one cause), with the\n"
+"                           first and last time seen and an example error\n"
+"  replay ID...             publish again to the original exchange and routing key, with the\n"
+"  replay FILTERS | --all   original properties and message_id and a fresh attempt count;\n"
+"                           after the broker's confirm the row is marked replayed and its\n"
+"                           queue copy removed. Progress on stderr when it is a terminal\n"
+"  discard ID... | FILTERS | --all  --reason TEXT\n"
+"                           mark dead letters discarded (TEXT is recorded) and remove their\n"
+"                           queue copies\n"
+"  export                   the rows as NDJSON on stdout: every column, properties as JSON,\n"
+"                           the body in base64 under \"body_base64\"\n"
+"  import FILE|-            insert the rows of an export that are not here yet and publish\n"
+"                           their copies to payq.dlx, so queue and archive agree\n"
+"  sync                     reconcile payq.dlq with the rows: remove the copies of replayed\n"
+"                           and discarded dead letters, archive messages that have no row\n"
+"\n"
+"ID is the id `list` shows (at least 4 hex digits, if unique) or the full uuid.\n"
+"list, show, stats and export read PostgreSQL only: they never take, reorder or re-count\n"
+"a message of the queue. Replay, discard and sync read the queue once each (basic.get),\n"
+"ack what is resolved and leave every other message where it was.\n"
+"\n"
+"Options (filters apply to list, stats, export, replay and discard):\n");
     cfg_usage(out, options);
     fprintf(out,
-            "\n"
-            "Listing never removes a message. A replayed message keeps its message_id, so\n"
-            "a command that had already been applied is not applied again.\n"
-            "Exit status: 0 ok, 1 runtime error, 2 usage error.\n");
+"\n"
+"Replay never loses a message: the row is marked only after the broker confirmed the copy,\n"
+"so a replay killed midway leaves it 'dead', and replaying it again is harmless because the\n"
+"message_id and the business id are unchanged (the worker applies a command once). Rows\n"
+"whose body was masked (a card number; `show` says \"redacted\") are refused. With --canary N,\n"
+"success is the worker's stored reply for the message_id (any status but \"rejected\");\n"
+"failure is a new failed attempt, a new dead letter, or no outcome within --canary-timeout.\n"
+"\n"
+"Examples:\n"
+"  payq-dlq list --reason malformed_json --since 2h\n"
+"  payq-dlq show 3f2a9c1b\n"
+"  payq-dlq stats --since 7d\n"
+"  payq-dlq replay --routing-key 'payment.*' --since 1d --dry-run\n"
+"  payq-dlq replay --reason retries_exhausted --canary 5 --rate 20\n"
+"  payq-dlq discard 3f2a9c1b --reason \"sent twice by the order system, ticket OPS-12\"\n"
+"  payq-dlq export --status all > dead-letters.ndjson\n"
+"\n"
+"Exit status: 0 ok; 1 runtime error, or (replay) a message failed or a canary failed\n"
+"again; 2 usage error.\n"
+"\n"
+"Testing only: %s=1 makes replay SIGKILL itself right after the broker\n"
+"confirmed a message, before its row is marked replayed.\n", DLQ_TEST_KILL_ENV);
 }
 
-static void header_text(const amqp_basic_properties_t *p, const char *name, char *out,
-                        size_t len)
+/* ---- signals ------------------------------------------------------------- */
+
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig)
 {
-    amqp_bytes_t b;
-    int64_t n;
-    if (mq_header_str(p, name, &b))
-        snprintf(out, len, "%.*s", (int)b.len, (const char *)b.bytes);
-    else if (mq_header_int(p, name, &n))
-        snprintf(out, len, "%lld", (long long)n);
-    else
-        snprintf(out, len, "-");
+    (void)sig;
+    if (interrupted)
+        _exit(130); /* a second signal: at once (nothing unconfirmed is marked) */
+    interrupted = 1;
 }
 
-static void prop_text(amqp_flags_t flags, amqp_flags_t flag, amqp_bytes_t b, char *out,
-                      size_t len)
+bool dlq_interrupted(void)
 {
-    if (flags & flag)
-        snprintf(out, len, "%.*s", (int)b.len, (const char *)b.bytes);
-    else
-        snprintf(out, len, "-");
+    return interrupted != 0;
 }
 
-static void print_row(long pos, const struct mq_delivery *d)
+static void install_signals(void)
 {
-    const amqp_basic_properties_t *p = &d->message.properties;
-    char reason[64], attempts[16], rk[128], last[64], err[1100], mid[256];
-    header_text(p, "x-payq-reason", reason, sizeof reason);
-    header_text(p, "x-payq-attempts", attempts, sizeof attempts);
-    header_text(p, "x-payq-original-routing-key", rk, sizeof rk);
-    if (strcmp(rk, "-") == 0)
-        snprintf(rk, sizeof rk, "%s", d->routing_key);
-    header_text(p, "x-payq-last-failure-at", last, sizeof last);
-    header_text(p, "x-payq-error", err, sizeof err);
-    prop_text(p->_flags, AMQP_BASIC_MESSAGE_ID_FLAG, p->message_id, mid, sizeof mid);
-    if (strlen(err) > 60)
-        strcpy(err + 57, "...");
-    printf("%4ld  %-20s %3s  %-16s %-36s %-24s %s\n", pos, reason, attempts, rk, mid, last,
-           err);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
 }
 
-static void print_table(const amqp_table_t *t)
+/* ---- connections --------------------------------------------------------- */
+
+int dlq_need_mq(struct dlq *t)
 {
-    for (int i = 0; i < t->num_entries; i++) {
-        const amqp_table_entry_t *e = &t->entries[i];
-        const amqp_field_value_t *v = &e->value;
-        printf("  %.*s: ", (int)e->key.len, (const char *)e->key.bytes);
-        switch (v->kind) {
-        case AMQP_FIELD_KIND_UTF8:
-        case AMQP_FIELD_KIND_BYTES:
-            printf("%.*s\n", (int)v->value.bytes.len, (const char *)v->value.bytes.bytes);
-            break;
-        case AMQP_FIELD_KIND_BOOLEAN:
-            printf("%s\n", v->value.boolean ? "true" : "false");
-            break;
-        case AMQP_FIELD_KIND_I64:
-            printf("%lld\n", (long long)v->value.i64);
-            break;
-        case AMQP_FIELD_KIND_I32:
-            printf("%d\n", v->value.i32);
-            break;
-        default:
-            printf("(%c value)\n", v->kind);
-        }
+    if (t->mq)
+        return PAYQ_OK;
+    char red[512];
+    cfg_redact_url(t->cfg->amqp_url, red, sizeof red);
+    mq_t *mq;
+    if (mq_connect(t->cfg->amqp_url, "payq-dlq", HEARTBEAT, &mq) != PAYQ_OK) {
+        fprintf(stderr, "payq-dlq: cannot connect to RabbitMQ at %s: %s\n"
+                        "  is RabbitMQ running? bash tests/stack.sh up starts a local one "
+                        "(or set AMQP_URL / --amqp-url)\n",
+                red, mq_connect_error());
+        return PAYQ_ERR_AMQP;
     }
+    /* The exchanges a replay or an import publishes to exist even on a
+     * broker no worker has touched yet (idempotent). */
+    if (mq_declare_topology(mq) != PAYQ_OK) {
+        fprintf(stderr, "payq-dlq: cannot declare payq's exchanges and queues on %s: %s\n"
+                        "  the broker holds a different definition; compare it with "
+                        "rabbitmq/definitions.json\n",
+                red, mq_error(mq));
+        mq_close(mq);
+        return PAYQ_ERR_AMQP;
+    }
+    t->mq = mq;
+    return PAYQ_OK;
 }
 
-static void show(const struct mq_delivery *d)
+static int connect_db(struct dlq *t)
 {
-    const amqp_basic_properties_t *p = &d->message.properties;
-    char buf[512];
-    printf("routing key: %s\n", d->routing_key);
-    prop_text(p->_flags, AMQP_BASIC_MESSAGE_ID_FLAG, p->message_id, buf, sizeof buf);
-    printf("message_id: %s\n", buf);
-    prop_text(p->_flags, AMQP_BASIC_CORRELATION_ID_FLAG, p->correlation_id, buf, sizeof buf);
-    printf("correlation_id: %s\n", buf);
-    prop_text(p->_flags, AMQP_BASIC_CONTENT_TYPE_FLAG, p->content_type, buf, sizeof buf);
-    printf("content_type: %s\n", buf);
-    printf("headers:\n");
-    if (p->_flags & AMQP_BASIC_HEADERS_FLAG)
-        print_table(&p->headers);
-    printf("body:\n");
-    json_t *j = json_loadb(d->message.body.bytes, d->message.body.len, 0, NULL);
-    if (j) {
-        char *s = json_dumps(j, JSON_INDENT(2));
-        printf("%s\n", s ? s : "");
-        free(s);
-        json_decref(j);
-    } else {
-        printf("%.*s\n(not valid JSON)\n", (int)d->message.body.len,
-               (const char *)d->message.body.bytes);
+    char red[512];
+    cfg_redact_url(t->cfg->database_url ? t->cfg->database_url : "(libpq's PG* variables)", red,
+                   sizeof red);
+    if (db_connect(t->cfg->database_url, "payq-dlq", t->cfg->statement_timeout_ms, &t->db) !=
+        PAYQ_OK) {
+        t->db = NULL;
+        fprintf(stderr, "payq-dlq: cannot connect to PostgreSQL at %s (the cause is logged "
+                        "above)\n  is PostgreSQL running? bash tests/stack.sh up starts a local "
+                        "one (or set DATABASE_URL / --database-url)\n",
+                red);
+        return DLQ_EXIT_FAIL;
     }
+    /* Times shown, and dates given to --since/--until, are UTC. */
+    if (db_exec(t->db, "SET TimeZone = 'UTC'") != PAYQ_OK)
+        return dlq_db_error(t, "setting the time zone");
+    return DLQ_EXIT_OK;
 }
 
-/* Publishes a dead letter back to its original exchange and routing key,
- * with its original properties and without payq's failure headers (its
- * attempts start again). The publisher's user_id travels as x-payq-user-id,
- * so the idempotency scope stays the same. */
-static int replay_one(mq_t *mq, const struct mq_delivery *d)
-{
-    const amqp_basic_properties_t *p = &d->message.properties;
-    char x[256], rk[256];
-    header_text(p, "x-payq-original-exchange", x, sizeof x);
-    header_text(p, "x-payq-original-routing-key", rk, sizeof rk);
-    if (strcmp(x, "-") == 0 || x[0] == 0)
-        snprintf(x, sizeof x, "%s", PAYQ_X_COMMANDS);
-    if (strcmp(rk, "-") == 0)
-        snprintf(rk, sizeof rk, "%s", d->routing_key);
+/* ---- commands ---------------------------------------------------------------- */
 
-    amqp_table_entry_t e[80];
-    int n = 0;
-    if (p->_flags & AMQP_BASIC_HEADERS_FLAG) {
-        for (int i = 0; i < p->headers.num_entries && n < 80; i++) {
-            const amqp_table_entry_t *h = &p->headers.entries[i];
-            bool ours = h->key.len >= 7 && memcmp(h->key.bytes, "x-payq-", 7) == 0;
-            bool user = h->key.len == 14 && memcmp(h->key.bytes, "x-payq-user-id", 14) == 0;
-            bool death = h->key.len >= 7 && memcmp(h->key.bytes, "x-death", 7) == 0;
-            bool tier = h->key.len == strlen(PAYQ_RETRY_TIER_HEADER) &&
-                        memcmp(h->key.bytes, PAYQ_RETRY_TIER_HEADER, h->key.len) == 0;
-            if ((ours && !user) || death || tier)
-                continue;
-            e[n++] = *h;
-        }
-    }
-    amqp_basic_properties_t props = *p;
-    props.headers.num_entries = n;
-    props.headers.entries = e;
-    props._flags |= AMQP_BASIC_DELIVERY_MODE_FLAG;
-    props.delivery_mode = AMQP_DELIVERY_PERSISTENT;
-    uint64_t seq;
-    int rc = mq_publish(mq, x, rk, true, &props, d->message.body.bytes, d->message.body.len,
-                        &seq);
-    if (rc == PAYQ_OK)
-        rc = mq_wait_confirms(mq, seq, 30000);
-    if (rc == PAYQ_OK)
-        rc = mq_ack(mq, d->channel, d->tag, false);
-    return rc;
+enum command { CMD_LIST, CMD_SHOW, CMD_STATS, CMD_REPLAY, CMD_DISCARD, CMD_EXPORT, CMD_IMPORT,
+               CMD_SYNC };
+
+static const char *const command_names[] = { "list",   "show",   "stats",  "replay",
+                                             "discard", "export", "import", "sync" };
+
+static int usage_error(const char *fmt, ...) PAYQ_PRINTF(1, 2);
+
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "payq-dlq: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, " (payq-dlq --help)\n");
+    va_end(ap);
+    return DLQ_EXIT_USAGE;
 }
 
-static bool selected(const struct dlq_config *cfg, long pos, long want,
-                     const struct mq_delivery *d)
+/* Checks the arguments and options of command c before anything connects. */
+static int check_usage(enum command c, const struct dlq_config *cfg, int nargs)
 {
-    if (cfg->all)
-        return true;
-    if (cfg->message_id) {
-        const amqp_basic_properties_t *p = &d->message.properties;
-        return (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) &&
-               p->message_id.len == strlen(cfg->message_id) &&
-               memcmp(p->message_id.bytes, cfg->message_id, p->message_id.len) == 0;
-    }
-    return pos == want;
+    const char *name = command_names[c];
+    bool takes_ids = c == CMD_SHOW || c == CMD_REPLAY || c == CMD_DISCARD || c == CMD_IMPORT;
+    if (!takes_ids && nargs > 0)
+        return usage_error("%s takes no arguments (did you mean show ID?)", name);
+    if (c == CMD_SHOW && nargs != 1)
+        return usage_error("%s needs exactly one ID (from payq-dlq list)", name);
+    if (c == CMD_IMPORT && nargs != 1)
+        return usage_error("%s needs one FILE, or - for stdin", name);
+    if ((cfg->dry_run || cfg->all || cfg->force) && c != CMD_REPLAY && c != CMD_DISCARD)
+        return usage_error("--dry-run, --all and --force belong to replay and discard, not %s",
+                           name);
+    if ((cfg->rate || cfg->canary) && c != CMD_REPLAY)
+        return usage_error("--rate and --canary belong to replay, not %s", name);
+    if (c == CMD_DISCARD && (!cfg->reason || !*cfg->reason))
+        return usage_error("%s needs --reason TEXT saying why (it is recorded with the rows; "
+                           "filter by reason code with --code)", name);
+    if (c != CMD_DISCARD && cfg->reason && cfg->code && strcmp(cfg->reason, cfg->code) != 0)
+        return usage_error("--reason and --code are the same filter in %s; give one", name);
+    if (cfg->all && nargs > 0)
+        return usage_error("%s: give IDs or --all, not both", name);
+    return DLQ_EXIT_OK;
 }
 
 int main(int argc, char **argv)
 {
     struct dlq_config cfg;
     struct cfg_strings owned = { { 0 }, 0 };
-    char err[512], red[512];
-    int nargs, help, rc = 2;
-    mq_t *mq = NULL;
+    struct dlq_filter f;
+    struct dlq t;
+    char err[512];
+    int nargs = 0, help = 0, rc = DLQ_EXIT_USAGE;
     memset(&cfg, 0, sizeof cfg);
+    memset(&f, 0, sizeof f);
+    memset(&t, 0, sizeof t);
     log_init("payq-dlq", LOG_WARN);
     if (cfg_parse(options, &cfg, &owned, argc, argv, &nargs, &help, err, sizeof err) != PAYQ_OK) {
         fprintf(stderr, "payq-dlq: %s\n", err);
@@ -242,86 +285,73 @@ int main(int argc, char **argv)
     }
     if (help || nargs == 0) {
         usage(help ? stdout : stderr);
-        rc = help ? 0 : 2;
+        rc = help ? DLQ_EXIT_OK : DLQ_EXIT_USAGE;
         goto out;
     }
-    const char *command = argv[1];
-    long want = nargs > 1 ? strtol(argv[2], NULL, 10) : 0;
-    bool is_list = strcmp(command, "list") == 0, is_show = strcmp(command, "show") == 0,
-         is_replay = strcmp(command, "replay") == 0;
-    if (!is_list && !is_show && !is_replay) {
-        fprintf(stderr, "payq-dlq: unknown command %s (list, show, replay; see --help)\n",
-                command);
+    int level = log_level_parse(cfg.log_level);
+    if (level < 0) {
+        rc = usage_error("--log-level must be debug, info, warn or error, not %s", cfg.log_level);
         goto out;
     }
-    if ((is_show || (is_replay && !cfg.all && !cfg.message_id)) && want < 1) {
-        fprintf(stderr, "payq-dlq: %s needs a position N from `payq-dlq list`%s\n", command,
-                is_replay ? ", --all or --message-id" : "");
+    log_init("payq-dlq", (enum log_level)level);
+
+    enum command c = CMD_LIST;
+    size_t k = 0;
+    while (k < sizeof command_names / sizeof *command_names && strcmp(argv[1], command_names[k]))
+        k++;
+    if (k == sizeof command_names / sizeof *command_names) {
+        rc = usage_error("unknown command %s (list, show, stats, replay, discard, export, "
+                         "import, sync)", argv[1]);
         goto out;
     }
-    cfg_redact_url(cfg.amqp_url, red, sizeof red);
-    if (mq_connect(cfg.amqp_url, "payq-dlq", 30, &mq) != PAYQ_OK) {
-        fprintf(stderr, "payq-dlq: cannot connect to %s: %s — is RabbitMQ running? (set AMQP_URL)\n",
-                red, mq_connect_error());
-        mq = NULL;
-        rc = 1;
+    c = (enum command)k;
+    char **args = argv + 2;
+    int n = nargs - 1;
+    if ((rc = check_usage(c, &cfg, n)) != DLQ_EXIT_OK)
+        goto out;
+    const char *reason_filter = c == CMD_DISCARD ? cfg.code : (cfg.code ? cfg.code : cfg.reason);
+    if (!dlq_filter_init(&f, &cfg, reason_filter)) {
+        rc = DLQ_EXIT_USAGE;
+        goto out;
+    }
+    if ((c == CMD_REPLAY || c == CMD_DISCARD) && n == 0 && !cfg.all && !dlq_filter_selects(&f)) {
+        rc = usage_error("%s needs IDs, a filter (--reason/--code, --routing-key, --since, "
+                         "--until, --grep) or --all", command_names[c]);
         goto out;
     }
 
-    rc = 0;
-    long pos = 0, replayed = 0, total = -1;
-    if (is_list)
-        printf("%4s  %-20s %3s  %-16s %-36s %-24s %s\n", "N", "REASON", "TRY", "ROUTING KEY",
-               "MESSAGE ID", "LAST FAILURE", "ERROR");
-    while (pos < cfg.limit) {
-        struct mq_delivery *d = NULL;
-        if (mq_get(mq, cfg.queue, &d) != PAYQ_OK) {
-            fprintf(stderr, "payq-dlq: cannot read %s: %s\n", cfg.queue, mq_error(mq));
-            rc = 1;
-            break;
-        }
-        if (!d)
-            break;
-        /* Only what was there when we started: a replayed message that
-         * fails again comes back behind us and is not looked at twice. */
-        if (total < 0)
-            total = (long)d->remaining + 1;
-        pos++;
-        if (is_list) {
-            print_row(pos, d);
-        } else if (is_show && pos == want) {
-            show(d);
-            mq_delivery_free(d);
-            break;
-        } else if (is_replay && selected(&cfg, pos, want, d)) {
-            if (cfg.dry_run) {
-                printf("would replay: ");
-                print_row(pos, d);
-            } else if (replay_one(mq, d) != PAYQ_OK) {
-                fprintf(stderr, "payq-dlq: replay of %ld failed: %s (it stays in the DLQ)\n",
-                        pos, mq_error(mq));
-                mq_delivery_free(d);
-                rc = 1;
-                break;
-            } else {
-                replayed++;
-            }
-        }
-        mq_delivery_free(d);
-        if ((is_replay && !cfg.all && !cfg.message_id && pos >= want) || pos >= total)
-            break;
+    t.cfg = &cfg;
+    const char *user = getenv("USER");
+    snprintf(t.user, sizeof t.user, "%s", user && *user ? user : "operator");
+    t.progress = isatty(STDERR_FILENO) != 0;
+    if (c == CMD_REPLAY || c == CMD_DISCARD || c == CMD_SYNC || c == CMD_IMPORT)
+        install_signals();
+    else
+        signal(SIGPIPE, SIG_IGN);
+    if ((rc = connect_db(&t)) != DLQ_EXIT_OK)
+        goto out;
+    if ((c == CMD_REPLAY || c == CMD_DISCARD) && n > 0) {
+        if ((rc = dlq_resolve_ids(&t, args, n, &f)) != DLQ_EXIT_OK)
+            goto out;
+        f.status = NULL; /* named ids are taken whatever their status */
     }
-    if (is_list && pos == 0)
-        printf("(the dead-letter queue %s is empty)\n", cfg.queue);
-    if (is_show && pos < want) {
-        fprintf(stderr, "payq-dlq: there is no dead letter %ld (the queue holds %ld)\n", want,
-                pos);
-        rc = 1;
+
+    switch (c) {
+    case CMD_LIST: rc = dlq_list(&t, &f); break;
+    case CMD_SHOW: rc = dlq_show(&t, args[0]); break;
+    case CMD_STATS: rc = dlq_stats(&t, &f); break;
+    case CMD_REPLAY: rc = dlq_replay(&t, &f); break;
+    case CMD_DISCARD: rc = dlq_discard(&t, &f, cfg.reason); break;
+    case CMD_EXPORT: rc = dlq_export(&t, &f); break;
+    case CMD_IMPORT: rc = dlq_import(&t, args[0]); break;
+    case CMD_SYNC: rc = dlq_sync(&t); break;
     }
-    if (is_replay && !cfg.dry_run)
-        fprintf(stderr, "payq-dlq: replayed %ld message(s)\n", replayed);
+    if (fflush(stdout) != 0 && rc == DLQ_EXIT_OK)
+        rc = DLQ_EXIT_FAIL;
 out:
-    mq_close(mq);
+    dlq_filter_free(&f);
+    mq_close(t.mq);
+    db_close(t.db);
     cfg_strings_free(&owned);
     return rc;
 }

@@ -83,6 +83,10 @@ struct dlq {
     bool progress;    /* stderr is a terminal */
 };
 
+/* True once SIGINT or SIGTERM arrived: replay and import stop after the
+ * message in hand (a second signal exits at once). */
+bool dlq_interrupted(void);
+
 /* Connects to RabbitMQ if not yet done; prints the cause and a hint and
  * returns an error when it cannot. */
 int dlq_need_mq(struct dlq *t) PAYQ_MUSTCHECK;
@@ -118,12 +122,26 @@ int dlq_resolve_ids(struct dlq *t, char **args, int n, struct dlq_filter *f);
 int dlq_select(struct dlq *t, const struct dlq_filter *f, bool newest_first, PGresult **out)
     PAYQ_MUSTCHECK;
 
-/* The 10 parameters of the shared WHERE clause (DLQ_WHERE), for queries
- * with another column list; values point into f and buf. */
+/* The shared WHERE clause over payq.dead_letters d, and its 10 parameters
+ * ($10 is --limit, for the caller's LIMIT); values point into f and buf. */
 #define DLQ_NPARAMS 10
 void dlq_filter_params(const struct dlq_filter *f, char *limit_buf, size_t len,
                        const char *params[DLQ_NPARAMS]);
-extern const char dlq_where_sql[];
+#define DLQ_WHERE \
+    " FROM payq.dead_letters d" \
+    " WHERE ($1::text IS NULL OR d.status = $1::text)" \
+    "   AND ($2::text IS NULL OR d.reason = $2::text)" \
+    "   AND ($3::text IS NULL OR d.routing_key LIKE $3::text)" \
+    "   AND ($4::interval IS NULL OR d.created_at >= now() - $4::interval)" \
+    "   AND ($5::timestamptz IS NULL OR d.created_at >= $5::timestamptz)" \
+    "   AND ($6::interval IS NULL OR d.created_at <= now() - $6::interval)" \
+    "   AND ($7::timestamptz IS NULL OR d.created_at <= $7::timestamptz)" \
+    "   AND ($8::text IS NULL OR position(convert_to($8::text, 'UTF8') IN d.body) > 0" \
+    "        OR strpos(d.error, $8::text) > 0" \
+    "        OR strpos(COALESCE(d.message_id, ''), $8::text) > 0" \
+    "        OR strpos(COALESCE(d.business_id, ''), $8::text) > 0" \
+    "        OR strpos(COALESCE(d.correlation_id, ''), $8::text) > 0)" \
+    "   AND ($9::uuid[] IS NULL OR d.id = ANY($9::uuid[]))"
 
 /* NULL for SQL NULL, else the value. */
 const char *dlq_val(const PGresult *r, int row, int col);
@@ -161,7 +179,8 @@ struct dlq_sync_stats {
     long archived; /* had no row (no header, or an unknown id): archived, kept */
     long reopened; /* came back after their row was resolved: row reopened, kept */
     long errors;   /* could not be handled: kept */
-    unsigned remaining; /* messages ready in the queue at the end */
+    unsigned remaining; /* messages in the queue at the end */
+    bool connected;     /* the broker was reached */
 };
 
 /*

@@ -11,22 +11,6 @@
 
 #include "dlq.h"
 
-const char dlq_where_sql[] =
-    " FROM payq.dead_letters d"
-    " WHERE ($1::text IS NULL OR d.status = $1::text)"
-    "   AND ($2::text IS NULL OR d.reason = $2::text)"
-    "   AND ($3::text IS NULL OR d.routing_key LIKE $3::text)"
-    "   AND ($4::interval IS NULL OR d.created_at >= now() - $4::interval)"
-    "   AND ($5::timestamptz IS NULL OR d.created_at >= $5::timestamptz)"
-    "   AND ($6::interval IS NULL OR d.created_at <= now() - $6::interval)"
-    "   AND ($7::timestamptz IS NULL OR d.created_at <= $7::timestamptz)"
-    "   AND ($8::text IS NULL OR position(convert_to($8::text, 'UTF8') IN d.body) > 0"
-    "        OR strpos(d.error, $8::text) > 0"
-    "        OR strpos(COALESCE(d.message_id, ''), $8::text) > 0"
-    "        OR strpos(COALESCE(d.business_id, ''), $8::text) > 0"
-    "        OR strpos(COALESCE(d.correlation_id, ''), $8::text) > 0)"
-    "   AND ($9::uuid[] IS NULL OR d.id = ANY($9::uuid[]))";
-
 #define TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
 
 /* In the order of enum dlq_col. */
@@ -161,14 +145,14 @@ void dlq_filter_params(const struct dlq_filter *f, char *limit_buf, size_t len,
 
 int dlq_select(struct dlq *t, const struct dlq_filter *f, bool newest_first, PGresult **out)
 {
-    static const char oldest[] = COLUMNS "%s ORDER BY d.created_at, d.id LIMIT $10::bigint";
+    static const char oldest[] =
+        COLUMNS DLQ_WHERE " ORDER BY d.created_at, d.id LIMIT $10::bigint";
     static const char newest[] =
-        COLUMNS "%s ORDER BY d.created_at DESC, d.id DESC LIMIT $10::bigint";
-    char sql[4096], limit[32];
+        COLUMNS DLQ_WHERE " ORDER BY d.created_at DESC, d.id DESC LIMIT $10::bigint";
+    char limit[32];
     const char *params[DLQ_NPARAMS];
-    snprintf(sql, sizeof sql, newest_first ? newest : oldest, dlq_where_sql);
     dlq_filter_params(f, limit, sizeof limit, params);
-    return dlq_query(t, sql, DLQ_NPARAMS, params, NULL, NULL, out);
+    return dlq_query(t, newest_first ? newest : oldest, DLQ_NPARAMS, params, NULL, NULL, out);
 }
 
 /* An id as typed: a uuid or a prefix of at least 4 hex digits. Lowercased

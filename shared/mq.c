@@ -583,6 +583,18 @@ int mq_wait_confirms(mq_t *mq, uint64_t seq, int timeout_ms)
     return rc;
 }
 
+int mq_pump(mq_t *mq, int timeout_ms)
+{
+    long long deadline = now_ms() + timeout_ms;
+    for (;;) {
+        int rc = read_one(mq, deadline, NULL);
+        if (rc == PAYQ_ERR_TIMEOUT)
+            return PAYQ_OK;
+        if (rc != PAYQ_OK)
+            return rc;
+    }
+}
+
 static const amqp_table_entry_t *find_header(const amqp_basic_properties_t *p, const char *name)
 {
     if (!(p->_flags & AMQP_BASIC_HEADERS_FLAG))

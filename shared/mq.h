@@ -110,6 +110,11 @@ int mq_publish(mq_t *mq, const char *exchange, const char *routing_key, bool man
  */
 int mq_wait_confirms(mq_t *mq, uint64_t seq, int timeout_ms) PAYQ_MUSTCHECK;
 
+/* Serves the connection for timeout_ms: answers heartbeats, records
+ * confirms, buffers deliveries for mq_next. Returns PAYQ_OK when the time
+ * is up, or the error that broke the connection. */
+int mq_pump(mq_t *mq, int timeout_ms) PAYQ_MUSTCHECK;
+
 /* The sequence number the next publish will get, minus one. */
 uint64_t mq_last_seq(const mq_t *mq);
 

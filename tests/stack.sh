@@ -422,6 +422,10 @@ cmd_env() {
     printf 'export DATABASE_URL=%q\n' "$(database_url)"
     printf 'export PAYQ_MGMT_URL=%q\n' "$(mgmt_url)"
     printf 'export PAYQ_STACK_DIR=%q\n' "$STACK_DIR"
+    # The ports too, so a later `stack.sh stop|start` from this environment
+    # (a test) acts on this stack and no other.
+    printf 'export PAYQ_AMQP_PORT=%q PAYQ_MGMT_PORT=%q PAYQ_PROM_PORT=%q PAYQ_DIST_PORT=%q PAYQ_PG_PORT=%q\n' \
+        "$AMQP_PORT" "$MGMT_PORT" "$PROM_PORT" "$DIST_PORT" "$PG_PORT"
 }
 
 # The worker binary: $BUILD_DIR/payq-worker, or worker/payq-worker when the

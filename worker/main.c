@@ -22,6 +22,7 @@
 #include "config.h"
 #include "db.h"
 #include "log.h"
+#include "relay.h"
 #include "report.h"
 #include "worker.h"
 
@@ -76,6 +77,11 @@ static const struct cfg_opt options[] = {
         "do not apply SQL migrations at start"),
     OPT("no-declare", "PAYQ_NO_DECLARE", CFG_BOOL, NULL, 0, 0, no_declare, NULL,
         "do not declare the RabbitMQ topology at start (it was imported from definitions.json)"),
+    OPT("no-relay", "PAYQ_NO_RELAY", CFG_BOOL, NULL, 0, 0, no_relay, NULL,
+        "do not run the outbox relay that publishes events to payq.events (one relay "
+        "publishes at a time across all workers; the others stand by)"),
+    OPT("relay-batch", "PAYQ_RELAY_BATCH", CFG_INT, "500", 1, 10000, relay_batch, "N",
+        "outbox events the relay publishes per batch (one confirm wait, one UPDATE)"),
     OPT("sql-dir", "PAYQ_SQL_DIR", CFG_STR, NULL, 0, 0, sql_dir, "DIR",
         "directory of the SQL migrations (default: the source tree's sql/, else "
         "/usr/local/share/payq/sql)"),
@@ -194,7 +200,9 @@ static int run(const struct worker_config *cfg)
         log_error("--fault must be POINT or POINT:N");
         return 2;
     }
-    pthread_t *tids = calloc((size_t)cfg->threads, sizeof *tids);
+    struct relay_arg relay = { &shared };
+    long want = cfg->threads + (cfg->no_relay ? 0 : 1); /* the relay is the last thread */
+    pthread_t *tids = calloc((size_t)want, sizeof *tids);
     struct worker_thread_arg *args = calloc((size_t)cfg->threads, sizeof *args);
     if (!tids || !args) {
         free(tids);
@@ -213,9 +221,17 @@ static int run(const struct worker_config *cfg)
         }
         started++;
     }
+    if (started == cfg->threads && !cfg->no_relay) {
+        if (pthread_create(&tids[started], NULL, relay_thread, &relay) != 0) {
+            log_error("cannot start the outbox relay thread");
+            atomic_store(&shared.stop, 1);
+        } else {
+            started++;
+        }
+    }
 
     int sig;
-    if (started == cfg->threads && sigwait(&set, &sig) == 0) {
+    if (started == want && sigwait(&set, &sig) == 0) {
         log_info("received %s: finishing the deliveries in hand, then stopping",
                  sig == SIGTERM ? "SIGTERM" : "SIGINT");
         atomic_store(&shared.stop, 1);

@@ -109,19 +109,11 @@ static int connect_all(struct relay *r)
     return PAYQ_OK;
 }
 
-/*
- * Lets rabbitmq-c read what the broker sent (heartbeats, a connection.close)
- * and send a heartbeat when one is due: it does so only inside its calls.
- * mq_wait_confirms would return at once without calling the library when no
- * confirm is pending, so this reads with a zero timeout instead. The relay
- * consumes nothing, so a timeout is the normal answer.
- */
+/* Lets rabbitmq-c read what the broker sent (heartbeats, a connection.close)
+ * and send a heartbeat when one is due: it does so only inside its calls. */
 static int amqp_keepalive(struct relay *r)
 {
-    struct mq_delivery *d = NULL;
-    int rc = mq_next(r->mq, 0, &d);
-    mq_delivery_free(d);
-    return rc == PAYQ_ERR_TIMEOUT ? PAYQ_OK : rc;
+    return mq_pump(r->mq, 0);
 }
 
 /*

@@ -494,7 +494,7 @@ static int connect_all(struct thread_ctx *t)
 }
 
 /* Reconnects the database while keeping the broker connection alive (its
- * heartbeats are answered inside mq_wait_confirms). */
+ * heartbeats are answered inside mq_pump). */
 static int reconnect_db(struct thread_ctx *t)
 {
     struct backoff b;
@@ -507,8 +507,8 @@ static int reconnect_db(struct thread_ctx *t)
         }
         long ms = backoff_next(&b);
         log_warn("PostgreSQL unavailable, next try in %ld ms", ms);
-        int rc = mq_wait_confirms(t->mq, mq_last_seq(t->mq), (int)ms);
-        if (rc != PAYQ_OK && rc != PAYQ_ERR_TIMEOUT)
+        int rc = mq_pump(t->mq, (int)ms);
+        if (rc != PAYQ_OK)
             return rc;
     }
     return PAYQ_ERR_INTERRUPTED;
@@ -548,8 +548,7 @@ static void maintain(struct thread_ctx *t, long long *next)
  * and deliveries buffered for later). */
 static int pause_ms(struct thread_ctx *t, long ms)
 {
-    int rc = mq_wait_confirms(t->mq, mq_last_seq(t->mq), (int)ms);
-    return rc == PAYQ_ERR_TIMEOUT ? PAYQ_OK : rc;
+    return mq_pump(t->mq, (int)ms);
 }
 
 /* Updates the circuit after an attempt; true when the command should be

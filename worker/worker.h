@@ -36,8 +36,10 @@ struct worker_config {
     long inbox_retention_hours; /* message-level idempotency keys are kept this long */
     long sim_flaky_percent;     /* simulated provider: tok_flaky failure rate */
     long sim_slow_ms;           /* simulated provider: tok_slow delay */
+    long relay_batch;           /* outbox events per relay publish batch */
     int no_migrate;
     int no_declare;
+    int no_relay;               /* do not run the outbox relay thread */
 };
 
 struct worker_shared {
