@@ -64,6 +64,17 @@ suite() {
 
 suite normal "$REPO/build" "${NORMAL_ARGS[@]}" -- "$@"
 
+# After every test run, every invariant must still hold over the whole
+# database (all runs so far, all tests): the ledger balances, no overdraft,
+# history rebuilds state, one outbox event per state change.
+say "invariant checker"
+if "$REPO/build/payq-worker" check >&2; then
+    summary+=("$(printf '%-10s %-14s' checker passed)")
+else
+    summary+=("$(printf '%-10s %-14s' checker FAILED)")
+    failed=1
+fi
+
 if [[ ${PAYQ_SKIP_ASAN:-0} == 1 ]]; then
     summary+=("$(printf '%-10s %-14s' sanitizer 'skipped (PAYQ_SKIP_ASAN=1)')")
 else
