@@ -180,10 +180,13 @@ int dlq_need_mq(struct dlq *t)
     cfg_redact_url(t->cfg->amqp_url, red, sizeof red);
     mq_t *mq;
     if (mq_connect(t->cfg->amqp_url, "payq-dlq", HEARTBEAT, &mq) != PAYQ_OK) {
-        fprintf(stderr, "payq-dlq: cannot connect to RabbitMQ at %s: %s\n"
-                        "  is RabbitMQ running? bash tests/stack.sh up starts a local one "
-                        "(or set AMQP_URL / --amqp-url)\n",
-                red, mq_connect_error());
+        const char *why = mq_connect_error();
+        fprintf(stderr, "payq-dlq: cannot connect to RabbitMQ at %s: %s\n", red, why);
+        if (strstr(why, "ACCESS_REFUSED") || strstr(why, "NOT_ALLOWED"))
+            fprintf(stderr, "  check the user, password and vhost in AMQP_URL / --amqp-url\n");
+        else
+            fprintf(stderr, "  is RabbitMQ running? bash tests/stack.sh up starts a local one "
+                            "(or set AMQP_URL / --amqp-url)\n");
         return PAYQ_ERR_AMQP;
     }
     /* The exchanges a replay or an import publishes to exist even on a

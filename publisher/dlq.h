@@ -97,8 +97,8 @@ int dlq_need_mq(struct dlq *t) PAYQ_MUSTCHECK;
 enum dlq_col {
     COL_ID, COL_SHORT, COL_AGE, COL_REASON, COL_RK, COL_BUSINESS, COL_MSGID, COL_ATTEMPTS,
     COL_STATUS, COL_EXCHANGE, COL_MSGKEY, COL_CORR, COL_ERROR, COL_SQLSTATE, COL_FPR,
-    COL_WORKER, COL_FIRST, COL_LAST, COL_PROPS, COL_BODY, COL_REDACTED, COL_RESOLVED_AT,
-    COL_RESOLVED_BY, COL_NOTE, COL_CREATED, COL_SCOPE, COL_TOTAL
+    COL_WORKER, COL_FIRST, COL_LAST, COL_PROPS, COL_BODY_LEN, COL_REDACTED, COL_RESOLVED_AT,
+    COL_RESOLVED_BY, COL_NOTE, COL_CREATED, COL_SCOPE, COL_CURSOR, COL_TOTAL
 };
 
 /* Fills f from the options (status, --reason/--code, --routing-key,
@@ -118,9 +118,20 @@ bool dlq_filter_selects(const struct dlq_filter *f);
 int dlq_resolve_ids(struct dlq *t, char **args, int n, struct dlq_filter *f);
 
 /* Rows matching f, oldest first (newest first when newest_first, so that
- * --limit keeps the newest). *out is PQclear'ed by the caller. */
+ * --limit keeps the newest). *out is PQclear'ed by the caller. The body is
+ * not among the columns (COL_BODY_LEN is its size): see dlq_body. */
 int dlq_select(struct dlq *t, const struct dlq_filter *f, bool newest_first, PGresult **out)
     PAYQ_MUSTCHECK;
+
+/* At most `page` rows matching f (f->limit is ignored), oldest first, after
+ * the row whose COL_CURSOR and COL_ID are after_ts / after_id (NULL: from
+ * the first). COL_TOTAL counts the matching rows from the cursor on. */
+int dlq_select_page(struct dlq *t, const struct dlq_filter *f, const char *after_ts,
+                    const char *after_id, long page, PGresult **out) PAYQ_MUSTCHECK;
+
+/* The body of dead letter `id`: *out is malloc'd (the caller frees it).
+ * PAYQ_ERR_INVALID when the row is gone. */
+int dlq_body(struct dlq *t, const char *id, unsigned char **out, size_t *len) PAYQ_MUSTCHECK;
 
 /* The shared WHERE clause over payq.dead_letters d, and its 10 parameters
  * ($10 is --limit, for the caller's LIMIT); values point into f and buf. */

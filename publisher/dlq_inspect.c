@@ -180,16 +180,14 @@ int dlq_show(struct dlq *t, char *id)
     rc = show_attempts(t, PQgetvalue(r, 0, COL_MSGKEY));
 
     size_t len = 0;
-    unsigned char *body = PQunescapeBytea((const unsigned char *)PQgetvalue(r, 0, COL_BODY),
-                                          &len);
-    if (!body) {
-        fprintf(stderr, "payq-dlq: out of memory\n");
+    unsigned char *body = NULL;
+    if (dlq_body(t, PQgetvalue(r, 0, COL_ID), &body, &len) != PAYQ_OK) {
         PQclear(r);
-        return DLQ_EXIT_FAIL;
+        return dlq_db_error(t, "reading the body");
     }
     printf("\nbody (%zu bytes):\n", len);
     print_json_text((const char *)body, len);
-    PQfreemem(body);
+    free(body);
     PQclear(r);
     return rc;
 }

@@ -503,7 +503,8 @@ int dlq_replay(struct dlq *t, const struct dlq_filter *f)
                     PQgetvalue(rows, i, COL_SHORT), err);
             failed++;
             pg.done++;
-            if (prc != PAYQ_ERR_INVALID && prc != PAYQ_ERR_NOMEM) {
+            if (prc != PAYQ_ERR_INVALID && prc != PAYQ_ERR_NOMEM && prc != PAYQ_ERR_UNROUTABLE &&
+                prc != PAYQ_ERR_NACKED) {
                 /* The connection is unusable: stop here. */
                 not_tried = n - i - 1;
                 break;

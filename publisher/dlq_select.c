@@ -19,10 +19,10 @@
     " floor(extract(epoch FROM now() - d.created_at))::bigint, d.reason, d.routing_key,"  \
     " d.business_id, d.message_id, d.attempts, d.status, d.exchange, d.message_key,"      \
     " d.correlation_id, d.error, d.sqlstate, d.fingerprint, d.worker, " TS("d.first_failure_at") \
-    ", " TS("d.last_failure_at") ", d.properties::text, d.body, d.redacted, "             \
+    ", " TS("d.last_failure_at") ", d.properties::text, octet_length(d.body), d.redacted, " \
     TS("d.resolved_at") ", d.resolved_by, d.resolution_note, " TS("d.created_at") ","     \
     " COALESCE(d.properties->'headers'->>'x-payq-user-id', d.properties->>'user_id', ''),"\
-    " count(*) OVER ()"
+    " d.created_at::text, count(*) OVER ()"
 
 const char *dlq_val(const PGresult *r, int row, int col)
 {
@@ -153,6 +153,50 @@ int dlq_select(struct dlq *t, const struct dlq_filter *f, bool newest_first, PGr
     const char *params[DLQ_NPARAMS];
     dlq_filter_params(f, limit, sizeof limit, params);
     return dlq_query(t, newest_first ? newest : oldest, DLQ_NPARAMS, params, NULL, NULL, out);
+}
+
+int dlq_select_page(struct dlq *t, const struct dlq_filter *f, const char *after_ts,
+                    const char *after_id, long page, PGresult **out)
+{
+    /* Keyset pagination: (created_at, id) is unique and indexed enough,
+     * and a page never shifts when rows before the cursor change. */
+    static const char sql[] =
+        COLUMNS DLQ_WHERE
+        "   AND ($11::timestamptz IS NULL OR (d.created_at, d.id) > ($11::timestamptz, $12::uuid))"
+        " ORDER BY d.created_at, d.id LIMIT $10::bigint";
+    char limit[32];
+    const char *params[DLQ_NPARAMS + 2];
+    dlq_filter_params(f, limit, sizeof limit, params);
+    snprintf(limit, sizeof limit, "%ld", page);
+    params[9] = limit;
+    params[10] = after_ts;
+    params[11] = after_id;
+    return dlq_query(t, sql, DLQ_NPARAMS + 2, params, NULL, NULL, out);
+}
+
+int dlq_body(struct dlq *t, const char *id, unsigned char **out, size_t *len)
+{
+    const char *p[1] = { id };
+    /* Binary result: the bytes themselves, not their hex text. */
+    PGresult *r = PQexecParams(db_conn(t->db), "SELECT body FROM payq.dead_letters"
+                               " WHERE id = $1::uuid", 1, NULL, p, NULL, NULL, 1);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK)
+        return db_fail(t->db, r);
+    if (PQntuples(r) != 1) {
+        PQclear(r);
+        return PAYQ_ERR_INVALID;
+    }
+    size_t n = (size_t)PQgetlength(r, 0, 0);
+    unsigned char *b = malloc(n ? n : 1);
+    if (!b) {
+        PQclear(r);
+        return PAYQ_ERR_NOMEM;
+    }
+    memcpy(b, PQgetvalue(r, 0, 0), n);
+    PQclear(r);
+    *out = b;
+    *len = n;
+    return PAYQ_OK;
 }
 
 /* An id as typed: a uuid or a prefix of at least 4 hex digits. Lowercased

@@ -131,34 +131,100 @@ static void finish(json_t *reply, struct outcome *o)
     }
 }
 
-/* Runs the command's saga phases: each phase either finishes the command or
- * asks for a provider call, whose answer goes into the next phase. */
-static void apply_in_db(db_t *db, const struct mq_delivery *d, const cmd_t *cmd,
-                        const struct apply_opts *opts, struct outcome *o)
+/* A delivery validated and ready for the database. */
+struct prepared {
+    cmd_t cmd;
+    char scope[256];
+    char message_id[CMD_MESSAGE_ID_MAX + 1];
+    char corr[256];
+    char *body; /* the validated body, compact JSON */
+};
+
+static void prepared_free(struct prepared *pc)
 {
+    cmd_free(&pc->cmd);
+    free(pc->body);
+    pc->body = NULL;
+}
+
+/*
+ * Validates a delivery. Returns true when it must go to the database (*pc
+ * filled; release with prepared_free); false when its outcome is already
+ * decided (*o filled: a dead letter, or a retry).
+ */
+static bool prepare(const struct mq_delivery *d, const struct apply_opts *opts,
+                    struct outcome *o, struct prepared *pc)
+{
+    memset(o, 0, sizeof *o);
+    memset(pc, 0, sizeof *pc);
     const amqp_basic_properties_t *p = &d->message.properties;
-    char scope[256] = "", message_id[CMD_MESSAGE_ID_MAX + 1] = "", corr[256] = "";
-    if (p->_flags & AMQP_BASIC_USER_ID_FLAG)
-        printable(p->user_id, scope, sizeof scope);
-    else {
+    amqp_bytes_t rk = mq_bytes(d->routing_key);
+    cmd_type_t type = cmd_type_from_name(rk.bytes, rk.len);
+    printable(rk, o->command, sizeof o->command);
+
+    if ((p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) &&
+        !cmd_message_id_valid(p->message_id.bytes, p->message_id.len)) {
+        dead_letter(o, "schema_invalid", "message_id must be 1 to 255 printable ASCII characters");
+        return false;
+    }
+
+    struct cmd_error err;
+    const amqp_bytes_t *ct = (p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG) ? &p->content_type : NULL;
+    const amqp_bytes_t *tp = (p->_flags & AMQP_BASIC_TYPE_FLAG) ? &p->type : NULL;
+    fault_hit_body(opts->fault, d->message.body.bytes, d->message.body.len);
+    int rc = cmd_parse(rk.bytes, rk.len, ct ? ct->bytes : NULL, ct ? ct->len : 0,
+                       tp ? tp->bytes : NULL, tp ? tp->len : 0, d->message.body.bytes,
+                       d->message.body.len, &pc->cmd, &err);
+    if (rc == PAYQ_ERR_NOMEM) {
+        /* Says nothing about the message: try again later. */
+        o->kind = OUTCOME_RETRY;
+        snprintf(o->error, sizeof o->error, "out of memory while parsing");
+        return false;
+    }
+    if (rc != PAYQ_OK) {
+        if (type == CMD_UNKNOWN)
+            o->command[0] = 0; /* never echo an unknown routing key as a command name */
+        o->redact = err.code == CMD_REJECT_RAW_CARD_NUMBER;
+        dead_letter(o, cmd_reject_code(err.code), err.message);
+        return false;
+    }
+    snprintf(o->id, sizeof o->id, "%s", cmd_business_id(&pc->cmd));
+
+    if (p->_flags & AMQP_BASIC_USER_ID_FLAG) {
+        printable(p->user_id, pc->scope, sizeof pc->scope);
+    } else {
         /* A retried or replayed copy carries its publisher in a header,
          * because only the original publisher may set user_id. */
         amqp_bytes_t u;
         if (mq_header_str(p, "x-payq-user-id", &u))
-            printable(u, scope, sizeof scope);
+            printable(u, pc->scope, sizeof pc->scope);
     }
     if (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)
-        printable(p->message_id, message_id, sizeof message_id);
+        printable(p->message_id, pc->message_id, sizeof pc->message_id);
     if (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG)
-        printable(p->correlation_id, corr, sizeof corr);
-
-    char *body = json_dumps(cmd->body, JSON_COMPACT);
-    char *answer = NULL;
-    if (!body) {
+        printable(p->correlation_id, pc->corr, sizeof pc->corr);
+    pc->body = json_dumps(pc->cmd.body, JSON_COMPACT);
+    if (!pc->body) {
+        cmd_free(&pc->cmd);
         o->kind = OUTCOME_RETRY;
         snprintf(o->error, sizeof o->error, "out of memory");
-        return;
+        return false;
     }
+    return true;
+}
+
+/*
+ * Runs the command's saga phases: each phase either finishes the command or
+ * asks for a provider call, whose answer goes into the next phase. `first`
+ * (may be NULL; consumed) is the result of a first phase already run (by a
+ * batch): the loop starts from it instead of calling the database.
+ */
+static void run_phases(db_t *db, const struct prepared *pc, const struct apply_opts *opts,
+                       json_t *first, struct outcome *o)
+{
+    const char *mid = pc->message_id[0] ? pc->message_id : NULL;
+    const char *corr = pc->corr[0] ? pc->corr : NULL;
+    char *answer = NULL;
     for (int n = 0;; n++) {
         json_t *result = NULL;
         if (n == PHASES_MAX) {
@@ -166,10 +232,15 @@ static void apply_in_db(db_t *db, const struct mq_delivery *d, const cmd_t *cmd,
             snprintf(o->error, sizeof o->error, "saga did not finish in %d phases", PHASES_MAX);
             break;
         }
-        if (phase(db, scope, message_id[0] ? message_id : NULL, cmd, body,
-                  corr[0] ? corr : NULL, answer, &result, o) != PAYQ_OK)
+        if (first) {
+            result = first;
+            first = NULL;
+        } else if (phase(db, pc->scope, mid, &pc->cmd, pc->body, corr, answer, &result, o) !=
+                   PAYQ_OK) {
             break;
-        fault_hit(opts->fault, "after_commit");
+        } else {
+            fault_hit(opts->fault, "after_commit");
+        }
         json_t *reply = json_object_get(result, "reply");
         json_t *call = json_object_get(result, "call");
         if (reply) {
@@ -202,46 +273,107 @@ static void apply_in_db(db_t *db, const struct mq_delivery *d, const cmd_t *cmd,
         prov_answer_clear(&a);
     }
     free(answer);
-    free(body);
+    json_decref(first);
 }
 
 void apply_delivery(db_t *db, const struct mq_delivery *d, const struct apply_opts *opts,
                     struct outcome *o)
 {
-    memset(o, 0, sizeof *o);
-    const amqp_basic_properties_t *p = &d->message.properties;
-    amqp_bytes_t rk = mq_bytes(d->routing_key);
-    cmd_type_t type = cmd_type_from_name(rk.bytes, rk.len);
-    printable(rk, o->command, sizeof o->command);
+    struct prepared pc;
+    if (!prepare(d, opts, o, &pc))
+        return;
+    run_phases(db, &pc, opts, NULL, o);
+    prepared_free(&pc);
+}
 
-    if ((p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) &&
-        !cmd_message_id_valid(p->message_id.bytes, p->message_id.len)) {
-        dead_letter(o, "schema_invalid", "message_id must be 1 to 255 printable ASCII characters");
-        return;
+/* One call of payq.apply_batch(): the first phase of every command, in one
+ * transaction. *results gets a JSON array, one entry per command. */
+static int call_batch(db_t *db, struct prepared *pcs, const size_t *idx, size_t n,
+                      json_t **results)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < n; i++) {
+        const struct prepared *pc = &pcs[idx[i]];
+        json_t *c = json_object();
+        json_object_set_new(c, "scope", json_string(pc->scope));
+        if (pc->message_id[0])
+            json_object_set_new(c, "message_id", json_string(pc->message_id));
+        json_object_set_new(c, "command", json_string(cmd_type_name(pc->cmd.type)));
+        json_object_set(c, "body", pc->cmd.body);
+        if (pc->corr[0])
+            json_object_set_new(c, "correlation_id", json_string(pc->corr));
+        json_array_append_new(arr, c);
     }
+    char *text = arr ? json_dumps(arr, JSON_COMPACT) : NULL;
+    json_decref(arr);
+    if (!text)
+        return PAYQ_ERR_NOMEM;
+    const char *params[1] = { text };
+    PGresult *res = PQexecParams(db_conn(db), "SELECT payq.apply_batch($1::jsonb)::text", 1,
+                                 NULL, params, NULL, NULL, 0);
+    free(text);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
+        return db_fail(db, PQresultStatus(res) == PGRES_TUPLES_OK ? NULL : res);
+    *results = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
+    PQclear(res);
+    if (!*results)
+        return PAYQ_ERR_NOMEM;
+    if (json_array_size(*results) != n) {
+        json_decref(*results);
+        return PAYQ_ERR_INVALID;
+    }
+    return PAYQ_OK;
+}
 
-    cmd_t cmd;
-    struct cmd_error err;
-    const amqp_bytes_t *ct = (p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG) ? &p->content_type : NULL;
-    const amqp_bytes_t *tp = (p->_flags & AMQP_BASIC_TYPE_FLAG) ? &p->type : NULL;
-    fault_hit_body(opts->fault, d->message.body.bytes, d->message.body.len);
-    int rc = cmd_parse(rk.bytes, rk.len, ct ? ct->bytes : NULL, ct ? ct->len : 0,
-                       tp ? tp->bytes : NULL, tp ? tp->len : 0, d->message.body.bytes,
-                       d->message.body.len, &cmd, &err);
-    if (rc == PAYQ_ERR_NOMEM) {
-        /* Says nothing about the message: try again later. */
-        o->kind = OUTCOME_RETRY;
-        snprintf(o->error, sizeof o->error, "out of memory while parsing");
-        return;
+void apply_batch(db_t *db, struct mq_delivery *const *ds, size_t n,
+                 const struct apply_opts *opts, struct outcome *outs)
+{
+    struct prepared *pcs = calloc(n, sizeof *pcs);
+    size_t *idx = calloc(n, sizeof *idx), m = 0;
+    bool *ready = calloc(n, sizeof *ready);
+    if (!pcs || !idx || !ready) {
+        for (size_t i = 0; i < n; i++) {
+            memset(&outs[i], 0, sizeof outs[i]);
+            outs[i].kind = OUTCOME_RETRY;
+            snprintf(outs[i].error, sizeof outs[i].error, "out of memory");
+        }
+        goto out;
     }
-    if (rc != PAYQ_OK) {
-        if (type == CMD_UNKNOWN)
-            o->command[0] = 0; /* never echo an unknown routing key as a command name */
-        o->redact = err.code == CMD_REJECT_RAW_CARD_NUMBER;
-        dead_letter(o, cmd_reject_code(err.code), err.message);
-        return;
+    for (size_t i = 0; i < n; i++)
+        if ((ready[i] = prepare(ds[i], opts, &outs[i], &pcs[i])))
+            idx[m++] = i;
+
+    json_t *results = NULL;
+    int rc = m > 0 ? call_batch(db, pcs, idx, m, &results) : PAYQ_OK;
+    if (m > 0 && rc == PAYQ_OK)
+        fault_hit(opts->fault, "after_commit");
+    for (size_t k = 0; k < m; k++) {
+        size_t i = idx[k];
+        if (rc != PAYQ_OK) {
+            /* The batch as a whole failed (connection, timeout): each command
+             * on its own, so one bad neighbour costs no one else anything. */
+            run_phases(db, &pcs[i], opts, NULL, &outs[i]);
+            continue;
+        }
+        json_t *r = json_array_get(results, k);
+        json_t *err = json_object_get(r, "error");
+        if (err) {
+            /* This command's subtransaction failed (its neighbours are
+             * committed): run it alone, which retries a lost race in place
+             * and classifies anything else. */
+            log_debug("batch entry failed (%s), applying it alone",
+                      json_string_value(json_object_get(err, "sqlstate")));
+            run_phases(db, &pcs[i], opts, NULL, &outs[i]);
+        } else {
+            run_phases(db, &pcs[i], opts, json_incref(r), &outs[i]);
+        }
     }
-    snprintf(o->id, sizeof o->id, "%s", cmd_business_id(&cmd));
-    apply_in_db(db, d, &cmd, opts, o);
-    cmd_free(&cmd);
+    json_decref(results);
+out:
+    for (size_t i = 0; pcs && ready && i < n; i++)
+        if (ready[i])
+            prepared_free(&pcs[i]);
+    free(pcs);
+    free(idx);
+    free(ready);
 }

@@ -47,4 +47,14 @@ struct apply_opts {
 void apply_delivery(db_t *db, const struct mq_delivery *d, const struct apply_opts *opts,
                     struct outcome *out);
 
+/*
+ * Applies up to n deliveries with one database transaction for all their
+ * first phases (payq.apply_batch: one subtransaction per command, so one
+ * failing command never fails its neighbours); commands that need the
+ * provider, or whose entry failed, go on alone. outs[i] is the outcome of
+ * ds[i]; each is cleared by the caller with outcome_clear.
+ */
+void apply_batch(db_t *db, struct mq_delivery *const *ds, size_t n,
+                 const struct apply_opts *opts, struct outcome *outs);
+
 #endif

@@ -39,6 +39,9 @@ static const struct cfg_opt options[] = {
         "worker threads, each with its own broker and database connection"),
     OPT("prefetch", "PAYQ_PREFETCH", CFG_INT, "32", 1, 65535, prefetch, "N",
         "unacked deliveries the broker may send each thread ahead (basic.qos)"),
+    OPT("batch", "PAYQ_BATCH", CFG_INT, "16", 1, 1000, batch, "N",
+        "deliveries already received that are applied in one database transaction (one "
+        "commit, one confirm wait, one ack); never waits for a batch to fill"),
     OPT("queue", "PAYQ_QUEUE", CFG_STR, "payq.commands", 0, 0, queue, "NAME",
         "work queue to consume"),
     OPT("max-attempts", "PAYQ_MAX_ATTEMPTS", CFG_INT, "8", 1, 1000, max_attempts, "N",

@@ -375,71 +375,112 @@ static int publish_retry(struct thread_ctx *t, const struct mq_delivery *d,
                       d->message.body.bytes, d->message.body.len, NULL);
 }
 
+/* What a published outcome needs for its log line. */
+struct settled {
+    struct log_ctx lc;
+    char mid[256], corr[256];
+    const struct topo_tier *tier;
+};
+
 /*
- * Publishes what the outcome calls for, waits for the broker's confirms,
- * then acks. Any failure leaves the delivery unacked: the connection is
- * dropped and the broker redelivers it.
+ * Publishes what the outcome calls for (reply, dead letter or retry copy)
+ * without waiting for the broker's confirm; the caller waits once for all.
  */
-static int settle(struct thread_ctx *t, const struct mq_delivery *d, struct outcome *o)
+static int publish_outcome(struct thread_ctx *t, const struct mq_delivery *d, struct outcome *o,
+                           struct settled *s)
 {
     const amqp_basic_properties_t *p = &d->message.properties;
-    char mid[256] = "", corr[256] = "";
-    if (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)
-        snprintf(mid, sizeof mid, "%.*s", (int)p->message_id.len,
-                 (const char *)p->message_id.bytes);
-    if (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG)
-        snprintf(corr, sizeof corr, "%.*s", (int)p->correlation_id.len,
-                 (const char *)p->correlation_id.bytes);
+    prop(p->_flags, AMQP_BASIC_MESSAGE_ID_FLAG, p->message_id, s->mid, sizeof s->mid);
+    prop(p->_flags, AMQP_BASIC_CORRELATION_ID_FLAG, p->correlation_id, s->corr, sizeof s->corr);
     int attempts = attempts_so_far(d) + 1;
-    struct log_ctx lc = { mid, corr, o->command, o->id, attempts };
-    const struct topo_tier *tier = NULL;
-    int rc = PAYQ_OK;
+    struct log_ctx lc = { s->mid, s->corr, o->command, o->id, attempts };
+    s->lc = lc;
+    s->tier = NULL;
 
     if (o->kind == OUTCOME_RETRY &&
         (attempts >= t->cfg->max_attempts || past_deadline(d, t->cfg->retry_deadline_s))) {
         o->kind = OUTCOME_DEAD_LETTER;
         snprintf(o->reason, sizeof o->reason, "retries_exhausted");
     }
+    int rc = PAYQ_OK;
     switch (o->kind) {
     case OUTCOME_DONE:
         rc = publish_reply(t, d, o);
         break;
     case OUTCOME_DEAD_LETTER:
         rc = publish_dead_letter(t, d, o, attempts);
-        if (rc == PAYQ_OK && strcmp(o->reason, "retries_exhausted") != 0)
+        if (rc == PAYQ_OK && strcmp(o->reason, "retries_exhausted") != 0 &&
+            strcmp(o->reason, "poison") != 0)
             rc = publish_reply(t, d, o);
         break;
     case OUTCOME_RETRY:
-        rc = publish_retry(t, d, o, attempts, &tier);
+        rc = publish_retry(t, d, o, attempts, &s->tier);
         break;
     case OUTCOME_DB_LOST:
         return PAYQ_ERR_DB;
     }
-    if (rc == PAYQ_OK)
-        rc = mq_wait_confirms(t->mq, mq_last_seq(t->mq), CONFIRM_TIMEOUT_MS);
-    if (rc != PAYQ_OK) {
-        log_msg(LOG_ERROR, &lc, "could not publish the outcome (%s: %s); the delivery stays "
-                "unacked and will be redelivered", payq_strerror(rc), mq_error(t->mq));
-        return rc;
-    }
-    fault_hit(&t->shared->fault, "before_ack");
-    if ((rc = mq_ack(t->mq, d->channel, d->tag, false)) != PAYQ_OK)
-        return rc;
+    return rc;
+}
 
+static void log_outcome(const struct outcome *o, struct settled *s)
+{
     switch (o->kind) {
     case OUTCOME_DONE:
-        log_msg(LOG_INFO, &lc, "%s", o->error);
+        log_msg(LOG_INFO, &s->lc, "%s", o->error);
         break;
     case OUTCOME_DEAD_LETTER:
-        log_msg(LOG_WARN, &lc, "dead-lettered: %s: %s", o->reason, o->error);
+        log_msg(LOG_WARN, &s->lc, "dead-lettered: %s: %s", o->reason, o->error);
         break;
     case OUTCOME_RETRY:
-        log_msg(LOG_WARN, &lc, "transient failure, retry in tier %s: %s", tier->name, o->error);
+        log_msg(LOG_WARN, &s->lc, "transient failure, retry in tier %s: %s", s->tier->name,
+                o->error);
         break;
     case OUTCOME_DB_LOST:
         break;
     }
-    return PAYQ_OK;
+}
+
+/*
+ * Publishes the outcomes of n deliveries, waits once for the broker's
+ * confirms, then acks them all (one ack with `multiple` when they are a run
+ * of consecutive deliveries). Any failure leaves them unacked: the
+ * connection is dropped and the broker redelivers them, which the
+ * idempotency keys make harmless.
+ */
+static int settle_all(struct thread_ctx *t, struct mq_delivery *const *ds, struct outcome *os,
+                      size_t n)
+{
+    struct settled stack_s[1], *s = n == 1 ? stack_s : calloc(n, sizeof *s);
+    if (!s)
+        return PAYQ_ERR_NOMEM;
+    int rc = PAYQ_OK;
+    for (size_t i = 0; i < n && rc == PAYQ_OK; i++)
+        rc = publish_outcome(t, ds[i], &os[i], &s[i]);
+    if (rc == PAYQ_OK)
+        rc = mq_wait_confirms(t->mq, mq_last_seq(t->mq), CONFIRM_TIMEOUT_MS);
+    if (rc != PAYQ_OK) {
+        log_error("could not publish %zu outcome(s) (%s: %s); the deliveries stay unacked and "
+                  "will be redelivered", n, payq_strerror(rc), mq_error(t->mq));
+        goto out;
+    }
+    fault_hit(&t->shared->fault, "before_ack");
+    /* Deliveries arrive in tag order and everything before them is settled,
+     * so one ack with `multiple` covers a batch. */
+    uint64_t last = ds[n - 1]->tag;
+    rc = mq_ack(t->mq, ds[n - 1]->channel, last, n > 1);
+    if (rc != PAYQ_OK)
+        goto out;
+    for (size_t i = 0; i < n; i++)
+        log_outcome(&os[i], &s[i]);
+out:
+    if (s != stack_s)
+        free(s);
+    return rc;
+}
+
+static int settle(struct thread_ctx *t, struct mq_delivery *d, struct outcome *o)
+{
+    return settle_all(t, &d, o, 1);
 }
 
 static void db_drop(struct thread_ctx *t)
@@ -635,6 +676,72 @@ static int handle(struct thread_ctx *t, struct mq_delivery *d)
     return rc;
 }
 
+/* True for a delivery that must take the careful path: a redelivery
+ * (x-delivery-count set: maybe poison) goes alone. */
+static bool redelivered(const struct mq_delivery *d)
+{
+    int64_t n;
+    return mq_header_int(&d->message.properties, "x-delivery-count", &n) && n > 0;
+}
+
+/*
+ * Handles a batch of deliveries: their first phases in one database
+ * transaction, their outcomes published together and acked with one ack.
+ * Commands that hit a failing dependency take the one-by-one path, where the
+ * circuit breaker probes.
+ */
+static int handle_batch(struct thread_ctx *t, struct mq_delivery **ds, size_t n)
+{
+    if (n == 1)
+        return handle(t, ds[0]);
+    struct outcome *os = calloc(n, sizeof *os);
+    if (!os)
+        return PAYQ_ERR_NOMEM;
+    struct apply_opts opts = { t->provider, &t->shared->fault };
+    int rc = PAYQ_OK;
+    for (;;) {
+        opts.provider = t->provider;
+        apply_batch(t->db, ds, n, &opts, os);
+        bool lost = false;
+        for (size_t i = 0; i < n; i++)
+            lost |= os[i].kind == OUTCOME_DB_LOST;
+        if (!lost)
+            break;
+        for (size_t i = 0; i < n; i++)
+            outcome_clear(&os[i]);
+        if (!t->circuit_open)
+            log_warn("circuit open: lost the database connection");
+        t->circuit_open = true;
+        if ((rc = reconnect_db(t)) != PAYQ_OK)
+            goto out;
+    }
+    /* A dependency failure inside the batch: settle the others, and give
+     * each failed one the careful path (probing, circuit). */
+    size_t ok = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!(os[i].kind == OUTCOME_RETRY && os[i].dependency))
+            ok++;
+    if (ok == n) {
+        if (t->circuit_open)
+            log_info("circuit closed: the dependency answers again");
+        t->circuit_open = false;
+        t->failures_in_a_row = 0;
+        rc = settle_all(t, ds, os, n);
+        goto out;
+    }
+    for (size_t i = 0; i < n && rc == PAYQ_OK; i++) {
+        if (os[i].kind == OUTCOME_RETRY && os[i].dependency)
+            rc = handle(t, ds[i]); /* applies it again: idempotent */
+        else
+            rc = settle(t, ds[i], &os[i]);
+    }
+out:
+    for (size_t i = 0; i < n; i++)
+        outcome_clear(&os[i]);
+    free(os);
+    return rc;
+}
+
 void *worker_thread(void *arg)
 {
     struct worker_thread_arg *wa = arg;
@@ -658,15 +765,36 @@ void *worker_thread(void *arg)
         log_info("thread %d consuming %s (prefetch %ld)", t.index, t.cfg->queue,
                  t.cfg->prefetch);
         long long next_maintenance = 0;
-        while (!stopping(&t)) {
-            struct mq_delivery *d = NULL;
+        struct mq_delivery **batch = calloc((size_t)t.cfg->batch, sizeof *batch);
+        while (batch && !stopping(&t)) {
             maintain(&t, &next_maintenance);
-            int rc = mq_next(t.mq, 1000, &d);
+            int rc = mq_next(t.mq, 1000, &batch[0]);
             if (rc == PAYQ_ERR_TIMEOUT)
                 continue;
             if (rc == PAYQ_OK) {
-                rc = handle(&t, d);
-                mq_delivery_free(d);
+                /* Whatever else has already arrived joins the batch: no
+                 * waiting, so a quiet queue keeps its latency. A redelivery
+                 * (maybe poison) never joins a batch: it goes alone. */
+                size_t n = 1;
+                struct mq_delivery *alone = NULL;
+                if (redelivered(batch[0])) {
+                    alone = batch[0];
+                    n = 0;
+                }
+                while (!alone && n < (size_t)t.cfg->batch &&
+                       mq_next(t.mq, 0, &batch[n]) == PAYQ_OK) {
+                    if (redelivered(batch[n]))
+                        alone = batch[n];
+                    else
+                        n++;
+                }
+                if (n > 0)
+                    rc = handle_batch(&t, batch, n);
+                if (alone && rc == PAYQ_OK)
+                    rc = handle(&t, alone);
+                for (size_t i = 0; i < n; i++)
+                    mq_delivery_free(batch[i]);
+                mq_delivery_free(alone);
             }
             if (rc != PAYQ_OK && rc != PAYQ_ERR_INTERRUPTED) {
                 log_warn("thread %d: %s; reconnecting", t.index,
@@ -674,6 +802,7 @@ void *worker_thread(void *arg)
                 break;
             }
         }
+        free(batch);
         disconnect(&t);
     }
     disconnect(&t);

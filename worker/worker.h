@@ -25,6 +25,7 @@ struct worker_config {
     const char *fault;          /* testing only: "after_commit", ... (see fault.h) */
     long threads;
     long prefetch;
+    long batch;                 /* deliveries applied per database transaction, at most */
     long heartbeat;
     long statement_timeout_ms;
     long max_attempts;
