@@ -174,16 +174,72 @@ static void nap(struct dlq *t, long ms)
 
 enum { CANARY_PENDING = 0, CANARY_OK, CANARY_FAILED };
 
+/* What the outcome check needs of a replayed row (its page is gone by the
+ * time the canaries are checked). */
+struct canary_item {
+    char id[40];
+    char *short_id, *rk, *scope, *message_id, *message_key;
+    char *body_json; /* the body as JSON text, or NULL when it is not a JSON object */
+    char since[40];  /* the replay's time */
+    int state;
+    char why[1100];
+};
+
+static void canary_item_free(struct canary_item *c)
+{
+    free(c->short_id);
+    free(c->rk);
+    free(c->scope);
+    free(c->message_id);
+    free(c->message_key);
+    free(c->body_json);
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+/* The body as compact JSON text for the request-hash comparison, or NULL
+ * when it is not a JSON object (then only the other signals count). */
+static char *body_json_text(const unsigned char *body, size_t len)
+{
+    json_error_t err;
+    json_t *j = json_loadb((const char *)body, len, JSON_REJECT_DUPLICATES, &err);
+    char *s = json_is_object(j) ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    return s;
+}
+
+static int canary_item_init(struct canary_item *c, PGresult *rows, int i, const char *at,
+                            const unsigned char *body, size_t len)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->id, sizeof c->id, "%s", PQgetvalue(rows, i, COL_ID));
+    snprintf(c->since, sizeof c->since, "%s", at);
+    c->short_id = strdup(PQgetvalue(rows, i, COL_SHORT));
+    c->rk = strdup(PQgetvalue(rows, i, COL_RK));
+    c->scope = strdup(PQgetvalue(rows, i, COL_SCOPE));
+    c->message_id = dup_or_null(dlq_val(rows, i, COL_MSGID));
+    c->message_key = strdup(PQgetvalue(rows, i, COL_MSGKEY));
+    c->body_json = body_json_text(body, len);
+    if (!c->short_id || !c->rk || !c->scope || !c->message_key ||
+        (dlq_val(rows, i, COL_MSGID) && !c->message_id)) {
+        canary_item_free(c);
+        return PAYQ_ERR_NOMEM;
+    }
+    return PAYQ_OK;
+}
+
 /*
  * The outcome of a replayed message so far. Success: payq.inbox holds the
  * (publisher, message_id) key with a reply that is not "rejected" and the
- * same request hash as our body. Failure: a payq.failures row for its
- * message key after the replay, a new or reopened dead letter, a stored
- * "rejected" reply (which the worker would return again), or the key
- * already taken by another command.
+ * request hash of this body. Failure: a payq.failures row for its message
+ * key after the replay, a new or reopened dead letter, a stored "rejected"
+ * reply (the worker would return it again), or the key already taken by
+ * another command.
  */
-static int canary_poll(struct dlq *t, PGresult *rows, int i, const char *since,
-                       const char *body_json, char *why, size_t whylen)
+static int canary_poll(struct dlq *t, struct canary_item *c)
 {
     static const char sql[] =
         "SELECT"
@@ -196,78 +252,57 @@ static int canary_poll(struct dlq *t, PGresult *rows, int i, const char *since,
         "   ORDER BY occurred_at DESC, id DESC LIMIT 1),"
         " EXISTS (SELECT 1 FROM payq.dead_letters WHERE (id = $7::uuid AND status = 'dead')"
         "   OR (message_key = $5 AND id <> $7::uuid AND created_at > $6::timestamptz))";
-    const char *p[7] = { dlq_val(rows, i, COL_SCOPE), dlq_val(rows, i, COL_MSGID),
-                         dlq_val(rows, i, COL_RK),    body_json,
-                         dlq_val(rows, i, COL_MSGKEY), since,
-                         dlq_val(rows, i, COL_ID) };
+    const char *p[7] = { c->scope, c->message_id, c->rk, c->body_json, c->message_key, c->since,
+                         c->id };
     PGresult *r;
     if (dlq_query(t, sql, 7, p, NULL, NULL, &r) != PAYQ_OK) {
-        snprintf(why, whylen, "cannot read its outcome: %s", db_error(t->db));
+        snprintf(c->why, sizeof c->why, "cannot read its outcome: %s", db_error(t->db));
         return CANARY_FAILED;
     }
     const char *status = dlq_val(r, 0, 0), *same = dlq_val(r, 0, 1), *fail = dlq_val(r, 0, 2);
     bool dead_again = strcmp(PQgetvalue(r, 0, 3), "t") == 0;
     int out = CANARY_PENDING;
     if (same && strcmp(same, "f") == 0) {
-        snprintf(why, whylen, "its message_id is already taken by another command "
-                              "(idempotency_conflict)");
+        snprintf(c->why, sizeof c->why, "its message_id is already taken by another command "
+                                        "(idempotency_conflict)");
         out = CANARY_FAILED;
     } else if (status && strcmp(status, "rejected") != 0) {
-        snprintf(why, whylen, "applied (%s)", status);
+        snprintf(c->why, sizeof c->why, "applied (%s)", status);
         out = CANARY_OK;
     } else if (status) {
-        snprintf(why, whylen, "rejected again (the stored reply is \"rejected\")");
+        snprintf(c->why, sizeof c->why, "rejected again (the stored reply is \"rejected\")");
         out = CANARY_FAILED;
     } else if (fail) {
-        snprintf(why, whylen, "failed again: %s", fail);
+        snprintf(c->why, sizeof c->why, "failed again: %s", fail);
         out = CANARY_FAILED;
     } else if (dead_again) {
-        snprintf(why, whylen, "dead-lettered again");
+        snprintf(c->why, sizeof c->why, "dead-lettered again");
         out = CANARY_FAILED;
     }
     PQclear(r);
     return out;
 }
 
-/* The body as JSON text for the request-hash comparison, or NULL when it
- * is not a JSON object (then only the other signals count). Caller frees. */
-static char *body_json_text(const unsigned char *body, size_t len)
-{
-    json_error_t err;
-    json_t *j = json_loadb((const char *)body, len, JSON_REJECT_DUPLICATES, &err);
-    char *s = json_is_object(j) ? json_dumps(j, JSON_COMPACT) : NULL;
-    json_decref(j);
-    return s;
-}
-
 /* Puts a replayed row back to 'dead' after its canary failed. */
-static void reopen_after_canary(struct dlq *t, const char *id, const char *why)
+static void reopen_after_canary(struct dlq *t, const struct canary_item *c)
 {
     char note[1200];
-    snprintf(note, sizeof note, "canary replay failed: %s", why);
-    const char *p[2] = { id, note };
+    snprintf(note, sizeof note, "canary replay failed: %s", c->why);
+    const char *p[2] = { c->id, note };
     PGresult *r;
     if (dlq_query(t, "UPDATE payq.dead_letters SET status = 'dead', resolved_at = NULL,"
                      " resolved_by = NULL, resolution_note = $2"
                      " WHERE id = $1::uuid AND status = 'replayed'",
                   2, p, NULL, NULL, &r) != PAYQ_OK) {
-        fprintf(stderr, "payq-dlq: could not put %s back to dead: %s\n", id, db_error(t->db));
+        fprintf(stderr, "payq-dlq: could not put %s back to dead: %s\n", c->id, db_error(t->db));
         return;
     }
     PQclear(r);
 }
 
-struct canary_item {
-    int row;
-    char since[40];
-    char *body_json;
-    int state;
-    char why[1100];
-};
-
-/* Waits for the outcome of the canaries; true when all succeeded. */
-static bool canary_wait(struct dlq *t, PGresult *rows, struct canary_item *c, int n,
-                        struct progress *pg)
+/* Waits for the outcome of the canaries; returns how many failed (their
+ * rows are back to 'dead'). */
+static long canary_wait(struct dlq *t, struct canary_item *c, int n, struct progress *pg)
 {
     long timeout_ms = t->cfg->canary_timeout * 1000;
     double start = now_s();
@@ -278,8 +313,7 @@ static bool canary_wait(struct dlq *t, PGresult *rows, struct canary_item *c, in
         int pending = 0, failed = 0;
         for (int i = 0; i < n; i++) {
             if (c[i].state == CANARY_PENDING)
-                c[i].state = canary_poll(t, rows, c[i].row, c[i].since, c[i].body_json, c[i].why,
-                                         sizeof c[i].why);
+                c[i].state = canary_poll(t, &c[i]);
             pending += c[i].state == CANARY_PENDING;
             failed += c[i].state == CANARY_FAILED;
         }
@@ -290,14 +324,13 @@ static bool canary_wait(struct dlq *t, PGresult *rows, struct canary_item *c, in
         nap(t, 250);
     }
     progress_clear(pg);
-    bool ok = true;
+    long failed = 0;
     for (int i = 0; i < n; i++) {
-        const char *id = PQgetvalue(rows, c[i].row, COL_SHORT);
         if (c[i].state == CANARY_PENDING) {
-            if (!dlq_val(rows, c[i].row, COL_MSGID)) {
+            if (!c[i].message_id) {
                 /* Without a message_id there is no inbox key to read. */
                 printf("canary %s: no failure within %ld s (no message_id, so success cannot "
-                       "be confirmed)\n", id, t->cfg->canary_timeout);
+                       "be confirmed)\n", c[i].short_id, t->cfg->canary_timeout);
                 continue;
             }
             snprintf(c[i].why, sizeof c[i].why, "no outcome within %ld s (is a worker running?)",
@@ -305,17 +338,21 @@ static bool canary_wait(struct dlq *t, PGresult *rows, struct canary_item *c, in
             c[i].state = CANARY_FAILED;
         }
         if (c[i].state == CANARY_OK) {
-            printf("canary %s: %s\n", id, c[i].why);
+            printf("canary %s: %s\n", c[i].short_id, c[i].why);
         } else {
-            ok = false;
-            fprintf(stderr, "payq-dlq: canary %s %s: %s\n", id, PQgetvalue(rows, c[i].row, COL_RK),
-                    c[i].why);
+            fprintf(stderr, "payq-dlq: canary %s %s: %s\n", c[i].short_id, c[i].rk, c[i].why);
+            reopen_after_canary(t, &c[i]);
+            failed++;
         }
     }
-    return ok;
+    return failed;
 }
 
 /* ---- replay ---------------------------------------------------------------- */
+
+/* Rows are read this many at a time, so a replay of a whole incident's
+ * worth of dead letters never holds them all in memory. */
+#define PAGE 500
 
 /* Why a row is not replayed, or NULL. */
 static const char *skip_reason(const struct dlq *t, PGresult *rows, int i, char *buf, size_t len)
@@ -404,262 +441,309 @@ static void kill_after_publish_for_tests(void)
         raise(SIGKILL);
 }
 
-static void dry_run(struct dlq *t, PGresult *rows)
+/* A replay in progress. */
+struct run {
+    struct dlq *t;
+    struct progress pg;
+    struct canary_item *canary; /* the first --canary replays */
+    int ncanary;
+    bool canary_done;
+    bool stop;                  /* the connection broke, the database failed, or a canary failed */
+    bool canary_failed;
+    double start;
+    long replayed, skipped, failed;
+};
+
+/* Replays row i of a page. */
+static void replay_row(struct run *run, PGresult *rows, int i)
 {
-    int n = PQntuples(rows), would = 0, skip = 0;
-    for (int i = 0; i < n; i++) {
-        char buf[512];
-        const char *why = skip_reason(t, rows, i, buf, sizeof buf);
-        if (why) {
-            printf("would skip   %s  %s: %s\n", PQgetvalue(rows, i, COL_SHORT),
-                   PQgetvalue(rows, i, COL_RK), why);
-            skip++;
-        } else {
-            printf("would replay %s  %-20s message_id %s -> exchange %s\n",
-                   PQgetvalue(rows, i, COL_SHORT), PQgetvalue(rows, i, COL_RK),
-                   dlq_or(rows, i, COL_MSGID, "-"),
-                   dlq_or(rows, i, COL_EXCHANGE, PAYQ_X_COMMANDS));
-            would++;
+    struct dlq *t = run->t;
+    char buf[512], err[512], at[40];
+    const char *sid = PQgetvalue(rows, i, COL_SHORT);
+    const char *why = skip_reason(t, rows, i, buf, sizeof buf);
+    if (why) {
+        progress_clear(&run->pg);
+        fprintf(stderr, "payq-dlq: skipped %s %s: %s\n", sid, PQgetvalue(rows, i, COL_RK), why);
+        run->skipped++;
+        return;
+    }
+    /* --rate: the n-th publish no earlier than start + n / rate. */
+    if (t->cfg->rate > 0) {
+        double due = run->start + (double)(run->replayed + run->failed) / (double)t->cfg->rate;
+        nap(t, (long)((due - now_s()) * 1000));
+    }
+    unsigned char *body = NULL;
+    size_t len = 0;
+    int rc = dlq_body(t, PQgetvalue(rows, i, COL_ID), &body, &len);
+    if (rc == PAYQ_OK)
+        rc = replay_time(t, at, sizeof at);
+    if (rc != PAYQ_OK) {
+        progress_clear(&run->pg);
+        if (rc == PAYQ_ERR_DB)
+            dlq_db_error(t, "reading the dead letter");
+        else
+            fprintf(stderr, "payq-dlq: cannot read %s: %s\n", sid, payq_strerror(rc));
+        free(body);
+        run->failed++;
+        run->stop = rc == PAYQ_ERR_DB;
+        return;
+    }
+    rc = publish_row(t, rows, i, at, body, len, err, sizeof err);
+    if (rc != PAYQ_OK) {
+        free(body);
+        progress_clear(&run->pg);
+        fprintf(stderr, "payq-dlq: replay of %s failed: %s; it stays a dead letter\n", sid, err);
+        run->failed++;
+        /* A message the broker refused does not spoil the connection;
+         * anything else does. */
+        run->stop = rc != PAYQ_ERR_INVALID && rc != PAYQ_ERR_NOMEM &&
+                    rc != PAYQ_ERR_UNROUTABLE && rc != PAYQ_ERR_NACKED;
+        return;
+    }
+    kill_after_publish_for_tests();
+    if (mark_replayed(t, rows, i, at) != PAYQ_OK) {
+        free(body);
+        progress_clear(&run->pg);
+        fprintf(stderr, "payq-dlq: %s was published but could not be marked replayed: %s\n"
+                        "  it is still 'dead'; replaying it again is harmless (same "
+                        "message_id)\n", sid, db_error(t->db));
+        run->failed++;
+        run->stop = true;
+        return;
+    }
+    run->replayed++;
+    if (!run->canary_done &&
+        canary_item_init(&run->canary[run->ncanary], rows, i, at, body, len) == PAYQ_OK)
+        run->ncanary++;
+    free(body);
+}
+
+/* Runs the canary check once the first --canary replays are out. */
+static void check_canaries(struct run *run)
+{
+    run->canary_done = true;
+    long failed = canary_wait(run->t, run->canary, run->ncanary, &run->pg);
+    if (failed) {
+        run->replayed -= failed;
+        run->failed += failed;
+        run->canary_failed = run->stop = true;
+    }
+}
+
+static int dry_run(struct dlq *t, const struct dlq_filter *f)
+{
+    long would = 0, skip = 0, seen = 0;
+    char cur_ts[64] = "", cur_id[40] = "";
+    for (;;) {
+        long page = f->limit > 0 && f->limit - seen < PAGE ? f->limit - seen : PAGE;
+        PGresult *rows;
+        if (page <= 0)
+            break;
+        if (dlq_select_page(t, f, cur_ts[0] ? cur_ts : NULL, cur_id[0] ? cur_id : NULL, page,
+                            &rows) != PAYQ_OK)
+            return dlq_db_error(t, "selecting dead letters");
+        int n = PQntuples(rows);
+        for (int i = 0; i < n; i++) {
+            char buf[512];
+            const char *why = skip_reason(t, rows, i, buf, sizeof buf);
+            if (why) {
+                printf("would skip   %s  %s: %s\n", PQgetvalue(rows, i, COL_SHORT),
+                       PQgetvalue(rows, i, COL_RK), why);
+                skip++;
+            } else {
+                printf("would replay %s  %-20s message_id %s -> exchange %s\n",
+                       PQgetvalue(rows, i, COL_SHORT), PQgetvalue(rows, i, COL_RK),
+                       dlq_or(rows, i, COL_MSGID, "-"),
+                       dlq_or(rows, i, COL_EXCHANGE, PAYQ_X_COMMANDS));
+                would++;
+            }
         }
+        seen += n;
+        if (n > 0) {
+            snprintf(cur_ts, sizeof cur_ts, "%s", PQgetvalue(rows, n - 1, COL_CURSOR));
+            snprintf(cur_id, sizeof cur_id, "%s", PQgetvalue(rows, n - 1, COL_ID));
+        }
+        PQclear(rows);
+        if (n < page)
+            break;
     }
     if (t->cfg->canary > 0 && would > 0)
         printf("--canary %ld: would replay %ld first and wait up to %ld s for their outcome\n",
-               t->cfg->canary, t->cfg->canary < would ? t->cfg->canary : (long)would,
+               t->cfg->canary, t->cfg->canary < would ? t->cfg->canary : would,
                t->cfg->canary_timeout);
-    printf("dry run: would replay %d, skip %d; nothing was changed\n", would, skip);
+    printf("dry run: would replay %ld, skip %ld; nothing was changed\n", would, skip);
+    return DLQ_EXIT_OK;
 }
 
 int dlq_replay(struct dlq *t, const struct dlq_filter *f)
 {
-    PGresult *rows;
-    if (dlq_select(t, f, false, &rows) != PAYQ_OK)
-        return dlq_db_error(t, "selecting dead letters");
-    int n = PQntuples(rows);
-    if (n == 0) {
-        printf("nothing to replay: no dead letters match\n");
-        PQclear(rows);
-        return DLQ_EXIT_OK;
-    }
-    if (t->cfg->dry_run) {
-        dry_run(t, rows);
-        PQclear(rows);
-        return DLQ_EXIT_OK;
-    }
-    if (dlq_need_mq(t) != PAYQ_OK) {
-        PQclear(rows);
-        return DLQ_EXIT_FAIL;
-    }
-
-    long canary_n = t->cfg->canary;
-    struct canary_item *canary = canary_n > 0 ? calloc((size_t)canary_n, sizeof *canary) : NULL;
-    if (canary_n > 0 && !canary) {
-        PQclear(rows);
+    if (t->cfg->dry_run)
+        return dry_run(t, f);
+    struct run run;
+    memset(&run, 0, sizeof run);
+    run.t = t;
+    run.canary_done = t->cfg->canary == 0;
+    if (!run.canary_done && !(run.canary = calloc((size_t)t->cfg->canary, sizeof *run.canary))) {
         fprintf(stderr, "payq-dlq: out of memory\n");
         return DLQ_EXIT_FAIL;
     }
-    int ncanary = 0;
-    bool canary_done = canary_n == 0, stopped = false;
-    long replayed = 0, skipped = 0, failed = 0, not_tried = 0;
-    struct progress pg = { t->progress, now_s(), 0, n };
-    double start = now_s();
+    run.pg.on = t->progress;
+    run.start = run.pg.start = now_s();
+    long total = -1, seen = 0;
     int rc = DLQ_EXIT_OK;
+    char cur_ts[64] = "", cur_id[40] = "";
 
-    for (int i = 0; i < n; i++) {
-        if (stopped || dlq_interrupted()) {
-            not_tried = n - i;
+    while (!run.stop && !dlq_interrupted()) {
+        long page = f->limit > 0 && f->limit - seen < PAGE ? f->limit - seen : PAGE;
+        if (page <= 0)
+            break;
+        PGresult *rows;
+        if (dlq_select_page(t, f, cur_ts[0] ? cur_ts : NULL, cur_id[0] ? cur_id : NULL, page,
+                            &rows) != PAYQ_OK) {
+            progress_clear(&run.pg);
+            rc = dlq_db_error(t, "selecting dead letters");
             break;
         }
-        char buf[512], err[512], at[40];
-        const char *why = skip_reason(t, rows, i, buf, sizeof buf);
-        if (why) {
-            progress_clear(&pg);
-            fprintf(stderr, "payq-dlq: skipped %s %s: %s\n", PQgetvalue(rows, i, COL_SHORT),
-                    PQgetvalue(rows, i, COL_RK), why);
-            skipped++;
-            pg.done++;
-            progress_draw(&pg);
-            continue;
-        }
-        /* --rate: the i-th publish no earlier than start + i / rate. */
-        if (t->cfg->rate > 0) {
-            double due = start + (double)(replayed + failed) / (double)t->cfg->rate;
-            nap(t, (long)((due - now_s()) * 1000));
-        }
-        size_t len = 0;
-        unsigned char *body =
-            PQunescapeBytea((const unsigned char *)PQgetvalue(rows, i, COL_BODY), &len);
-        if (!body || replay_time(t, at, sizeof at) != PAYQ_OK) {
-            PQfreemem(body);
-            progress_clear(&pg);
-            rc = body ? dlq_db_error(t, "reading the clock") : DLQ_EXIT_FAIL;
-            not_tried = n - i;
-            break;
-        }
-        int prc = publish_row(t, rows, i, at, body, len, err, sizeof err);
-        if (prc != PAYQ_OK) {
-            PQfreemem(body);
-            progress_clear(&pg);
-            fprintf(stderr, "payq-dlq: replay of %s failed: %s; it stays a dead letter\n",
-                    PQgetvalue(rows, i, COL_SHORT), err);
-            failed++;
-            pg.done++;
-            if (prc != PAYQ_ERR_INVALID && prc != PAYQ_ERR_NOMEM && prc != PAYQ_ERR_UNROUTABLE &&
-                prc != PAYQ_ERR_NACKED) {
-                /* The connection is unusable: stop here. */
-                not_tried = n - i - 1;
-                break;
+        int n = PQntuples(rows);
+        if (n > 0 && total < 0) {
+            total = atol(PQgetvalue(rows, 0, COL_TOTAL));
+            if (f->limit > 0 && total > f->limit)
+                total = f->limit;
+            run.pg.total = total;
+            if (dlq_need_mq(t) != PAYQ_OK) {
+                PQclear(rows);
+                free(run.canary);
+                return DLQ_EXIT_FAIL;
             }
-            continue;
         }
-        kill_after_publish_for_tests();
-        if (mark_replayed(t, rows, i, at) != PAYQ_OK) {
-            PQfreemem(body);
-            progress_clear(&pg);
-            fprintf(stderr, "payq-dlq: %s was published but could not be marked replayed: %s\n"
-                            "  it is still 'dead'; replaying it again is harmless (same "
-                            "message_id)\n",
-                    PQgetvalue(rows, i, COL_SHORT), db_error(t->db));
-            failed++;
-            not_tried = n - i - 1;
+        for (int i = 0; i < n && !run.stop && !dlq_interrupted(); i++) {
+            replay_row(&run, rows, i);
+            seen++;
+            run.pg.done = seen;
+            progress_draw(&run.pg);
+            if (!run.canary_done && run.ncanary == t->cfg->canary)
+                check_canaries(&run);
+        }
+        if (n > 0) {
+            snprintf(cur_ts, sizeof cur_ts, "%s", PQgetvalue(rows, n - 1, COL_CURSOR));
+            snprintf(cur_id, sizeof cur_id, "%s", PQgetvalue(rows, n - 1, COL_ID));
+        }
+        PQclear(rows);
+        if (n < page)
             break;
-        }
-        replayed++;
-        pg.done++;
-        if (!canary_done) {
-            struct canary_item *c = &canary[ncanary++];
-            c->row = i;
-            snprintf(c->since, sizeof c->since, "%s", at);
-            c->body_json = body_json_text(body, len);
-        }
-        PQfreemem(body);
-        progress_draw(&pg);
-
-        bool last = !canary_done;
-        for (int k = i + 1; !canary_done && k < n && last; k++)
-            last = skip_reason(t, rows, k, buf, sizeof buf) != NULL;
-        if (!canary_done && (ncanary == canary_n || last)) {
-            canary_done = true;
-            if (!canary_wait(t, rows, canary, ncanary, &pg)) {
-                for (int k = 0; k < ncanary; k++) {
-                    if (canary[k].state == CANARY_FAILED) {
-                        reopen_after_canary(t, PQgetvalue(rows, canary[k].row, COL_ID),
-                                            canary[k].why);
-                        replayed--;
-                        failed++;
-                    }
-                }
-                fprintf(stderr, "payq-dlq: the canary failed; stopping before the other %d "
-                                "dead letter%s\n", n - i - 1, n - i - 1 == 1 ? "" : "s");
-                stopped = true;
-            }
-            progress_draw(&pg);
-        }
     }
-    progress_clear(&pg);
-    for (int k = 0; k < ncanary; k++)
-        free(canary[k].body_json);
-    free(canary);
-    PQclear(rows);
+    /* Fewer replays than --canary: check them all the same. */
+    if (!run.canary_done && run.ncanary > 0)
+        check_canaries(&run);
+    progress_clear(&run.pg);
+    for (int k = 0; k < run.ncanary; k++)
+        canary_item_free(&run.canary[k]);
+    free(run.canary);
 
-    if (replayed > 0) {
+    if (total < 0 && rc == DLQ_EXIT_OK) {
+        printf("nothing to replay: no dead letters match\n");
+        return DLQ_EXIT_OK;
+    }
+    if (run.canary_failed)
+        fprintf(stderr, "payq-dlq: the canary failed; stopped before the other dead letters\n");
+    if (run.replayed > 0 || run.canary_failed) {
         struct dlq_sync_stats st;
         if (dlq_reconcile(t, &st) == PAYQ_OK)
             dlq_print_sync(t, &st);
         else
             rc = DLQ_EXIT_FAIL;
     }
-    printf("replayed %ld, skipped %ld, failed %ld", replayed, skipped, failed);
+    long not_tried = total > seen ? total - seen : 0;
+    printf("replayed %ld, skipped %ld, failed %ld", run.replayed, run.skipped, run.failed);
     if (not_tried)
         printf(", not attempted %ld%s", not_tried,
-               stopped ? " (stopped by the canary)" : dlq_interrupted() ? " (interrupted)" : "");
+               run.canary_failed ? " (stopped by the canary)"
+               : dlq_interrupted() ? " (interrupted)" : "");
     printf("\n");
-    if (failed || not_tried)
+    if (run.failed || not_tried)
         rc = DLQ_EXIT_FAIL;
     return rc;
 }
 
 /* ---- discard --------------------------------------------------------------- */
 
-int dlq_discard(struct dlq *t, const struct dlq_filter *f, const char *note)
+/* Lists what a discard would do, or says why named rows are skipped. */
+static int discard_preview(struct dlq *t, const struct dlq_filter *f, long *eligible)
 {
     PGresult *rows;
     if (dlq_select(t, f, false, &rows) != PAYQ_OK)
         return dlq_db_error(t, "selecting dead letters");
-    int n = PQntuples(rows);
-    if (n == 0) {
-        printf("nothing to discard: no dead letters match\n");
-        PQclear(rows);
-        return DLQ_EXIT_OK;
-    }
-    /* The ids to discard, as a uuid[] literal; resolved rows are skipped
-     * unless --force (a discarded one is never discarded twice). */
-    char *ids = malloc((size_t)n * 37 + 3);
-    if (!ids) {
-        PQclear(rows);
-        fprintf(stderr, "payq-dlq: out of memory\n");
-        return DLQ_EXIT_FAIL;
-    }
-    size_t pos = 0;
-    long chosen = 0, skipped = 0;
-    ids[pos++] = '{';
-    for (int i = 0; i < n; i++) {
+    long skipped = 0;
+    *eligible = 0;
+    for (int i = 0, n = PQntuples(rows); i < n; i++) {
         const char *status = PQgetvalue(rows, i, COL_STATUS);
         bool ok = strcmp(status, "dead") == 0 ||
                   (t->cfg->force && strcmp(status, "discarded") != 0);
         if (!ok) {
-            fprintf(stderr, "payq-dlq: skipped %s: already %s at %s%s\n",
-                    PQgetvalue(rows, i, COL_SHORT), status, dlq_or(rows, i, COL_RESOLVED_AT, "?"),
+            fprintf(stderr, "payq-dlq: %s %s: already %s at %s%s\n",
+                    t->cfg->dry_run ? "would skip" : "skipped", PQgetvalue(rows, i, COL_SHORT),
+                    status, dlq_or(rows, i, COL_RESOLVED_AT, "?"),
                     strcmp(status, "discarded") != 0 ? " (--force discards it anyway)" : "");
             skipped++;
-            continue;
+        } else {
+            (*eligible)++;
+            if (t->cfg->dry_run)
+                printf("would discard %s  %-20s message_id %s  (%s)\n",
+                       PQgetvalue(rows, i, COL_SHORT), PQgetvalue(rows, i, COL_RK),
+                       dlq_or(rows, i, COL_MSGID, "-"), PQgetvalue(rows, i, COL_REASON));
         }
-        if (t->cfg->dry_run)
-            printf("would discard %s  %-20s message_id %s  (%s)\n", PQgetvalue(rows, i, COL_SHORT),
-                   PQgetvalue(rows, i, COL_RK), dlq_or(rows, i, COL_MSGID, "-"),
-                   PQgetvalue(rows, i, COL_REASON));
-        if (chosen++)
-            ids[pos++] = ',';
-        memcpy(ids + pos, PQgetvalue(rows, i, COL_ID), 36);
-        pos += 36;
     }
-    ids[pos++] = '}';
-    ids[pos] = 0;
     PQclear(rows);
-    if (t->cfg->dry_run) {
-        printf("dry run: would discard %ld, skip %ld; nothing was changed\n", chosen, skipped);
-        free(ids);
+    if (t->cfg->dry_run)
+        printf("dry run: would discard %ld, skip %ld; nothing was changed\n", *eligible, skipped);
+    return DLQ_EXIT_OK;
+}
+
+int dlq_discard(struct dlq *t, const struct dlq_filter *f, const char *note)
+{
+    long eligible = 0;
+    /* Named ids are few: say which of them are skipped, and why. A filter
+     * can select many rows: those are discarded in one statement. */
+    if (t->cfg->dry_run || f->ids) {
+        int rc = discard_preview(t, f, &eligible);
+        if (rc != DLQ_EXIT_OK || t->cfg->dry_run)
+            return rc;
+    }
+    static const char sql[] =
+        "WITH sel AS (SELECT d.id, d.status" DLQ_WHERE
+        "   ORDER BY d.created_at, d.id LIMIT $10::bigint),"
+        " upd AS (UPDATE payq.dead_letters u SET status = 'discarded', resolved_at = now(),"
+        "   resolved_by = $11, resolution_note = $12 FROM sel WHERE u.id = sel.id"
+        "   AND (u.status = 'dead' OR ($13::boolean AND u.status <> 'discarded'))"
+        "   RETURNING 1)"
+        " SELECT (SELECT count(*) FROM sel), (SELECT count(*) FROM upd)";
+    char limit[32];
+    const char *p[DLQ_NPARAMS + 3];
+    dlq_filter_params(f, limit, sizeof limit, p);
+    p[10] = t->user;
+    p[11] = note;
+    p[12] = t->cfg->force ? "true" : "false";
+    PGresult *r;
+    if (dlq_query(t, sql, DLQ_NPARAMS + 3, p, NULL, NULL, &r) != PAYQ_OK)
+        return dlq_db_error(t, "discarding");
+    long selected = atol(PQgetvalue(r, 0, 0)), discarded = atol(PQgetvalue(r, 0, 1));
+    PQclear(r);
+    if (selected == 0) {
+        printf("nothing to discard: no dead letters match\n");
         return DLQ_EXIT_OK;
     }
-    long discarded = 0;
-    if (chosen > 0) {
-        /* The status is checked again: a row replayed since the selection
-         * stays replayed. */
-        const char *p[4] = { ids, t->user, note, t->cfg->force ? "true" : "false" };
-        PGresult *r;
-        if (dlq_query(t, "UPDATE payq.dead_letters SET status = 'discarded', resolved_at = now(),"
-                         " resolved_by = $2, resolution_note = $3"
-                         " WHERE id = ANY($1::uuid[])"
-                         "   AND (status = 'dead' OR ($4::boolean AND status <> 'discarded'))",
-                      4, p, NULL, NULL, &r) != PAYQ_OK) {
-            free(ids);
-            return dlq_db_error(t, "discarding");
-        }
-        discarded = atol(PQcmdTuples(r));
-        PQclear(r);
-    }
-    free(ids);
     int rc = DLQ_EXIT_OK;
     if (discarded > 0) {
         struct dlq_sync_stats st;
         if (dlq_reconcile(t, &st) == PAYQ_OK) {
             dlq_print_sync(t, &st);
         } else {
-            fprintf(stderr, "payq-dlq: the rows are discarded, but their queue copies are still "
-                            "in %s: run `payq-dlq sync` once the broker is reachable\n",
+            fprintf(stderr, "payq-dlq: the rows are discarded, but their queue copies may still "
+                            "be in %s: run `payq-dlq sync` once the broker is reachable\n",
                     t->cfg->queue);
             rc = DLQ_EXIT_FAIL;
         }
     }
-    printf("discarded %ld, skipped %ld\n", discarded, skipped);
+    printf("discarded %ld, skipped %ld\n", discarded, selected - discarded);
     return rc;
 }

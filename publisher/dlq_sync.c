@@ -479,13 +479,17 @@ int dlq_reconcile(struct dlq *t, struct dlq_sync_stats *st)
         int one = reconcile_one(t, d, st, &ack);
         if (one != PAYQ_OK) {
             st->errors++;
-            fprintf(stderr, "payq-dlq: could not reconcile a message of %s (%s): %s; it stays "
-                            "in the queue\n", q,
-                    one == PAYQ_ERR_DB ? "database" : payq_strerror(one),
-                    one == PAYQ_ERR_DB ? db_error(t->db) : "");
-            if (one == PAYQ_ERR_DB && !db_ok(t->db)) {
+            fprintf(stderr, "payq-dlq: could not reconcile a message of %s: %s; it stays in "
+                            "the queue\n", q,
+                    one == PAYQ_ERR_DB ? db_error(t->db) : payq_strerror(one));
+            if (one == PAYQ_ERR_DB) {
+                /* The next message would fail the same way: stop, and
+                 * leave the rest where it is. */
+                if (strcmp(db_sqlstate(t->db), "42P01") == 0 ||
+                    strcmp(db_sqlstate(t->db), "42883") == 0)
+                    fprintf(stderr, "payq-dlq: the database schema is older than this tool: "
+                                    "run `payq-worker migrate`\n");
                 mq_delivery_free(d);
-                rc = one;
                 break;
             }
         } else if (ack) {
@@ -506,7 +510,7 @@ int dlq_reconcile(struct dlq *t, struct dlq_sync_stats *st)
     t->mq = NULL;
     if (rc != PAYQ_OK)
         return rc;
-    st->remaining += (unsigned)st->kept;
+    st->remaining += (unsigned)(st->kept + st->errors);
     return st->errors ? PAYQ_ERR_DB : PAYQ_OK;
 }
 

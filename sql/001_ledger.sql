@@ -198,13 +198,19 @@ SELECT a.id, a.currency, a.kind,
 -- deposited from outside), @card (the card network's clearing account) and
 -- @platform (fees earned).
 CREATE FUNCTION payq.ensure_system_accounts(p_currency text) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- Every payment calls this: a primary-key lookup when they exist.
+    PERFORM 1 FROM payq.accounts WHERE id = '@platform:' || p_currency;
+    IF FOUND THEN
+        RETURN;
+    END IF;
     INSERT INTO payq.accounts (id, currency, kind)
     VALUES ('@external:' || p_currency, p_currency, 'external'),
            ('@card:' || p_currency, p_currency, 'external'),
            ('@platform:' || p_currency, p_currency, 'platform')
     ON CONFLICT (id) DO NOTHING;
-$$;
+END $$;
 
 -- Creates a posting from parallel arrays of accounts and amounts. The
 -- deferred trigger rejects it at COMMIT unless it balances.

@@ -570,13 +570,13 @@ BEGIN
                                      format('available balance of %s is lower than the amount',
                                             p.source), p_corr);
         END IF;
-        INSERT INTO payq.holds (payment_id, account_id, amount) VALUES (p_id, p.source, p.amount);
         IF NOT p.capture THEN
+            INSERT INTO payq.holds (payment_id, account_id, amount)
+            VALUES (p_id, p.source, p.amount);
             RETURN payq.done(payq.payment_authorized(p, p_corr));
         END IF;
-        -- capture: the hold is resolved first, so the wallet's available
-        -- balance never dips below zero between the two statements.
-        UPDATE payq.holds SET status = 'captured' WHERE payment_id = p_id;
+        -- capture at once: reserve and capture in the same transaction, with
+        -- the accounts locked, need no hold; the posting debits the wallet.
         v_fee := payq.post_capture(p, p.amount);
         RETURN payq.done(payq.payment_captured(p, p.amount, v_fee, 'payment.create', p_corr));
     END IF;
@@ -697,9 +697,15 @@ BEGIN
     ON CONFLICT (payment_id) DO NOTHING
     RETURNING * INTO p;
     IF FOUND THEN
-        PERFORM payq.emit('payment.created', p.payment_id, p_corr,
-                          payq.payment_fields(p) || jsonb_build_object('capture', p.capture),
-                          p.payment_id);
+        -- A card payment leaves its first phase in flight (pending, waiting
+        -- for the provider): that state is visible, so it has an event. A
+        -- wallet payment goes from nothing to its outcome in one
+        -- transaction: its outcome event is its first.
+        IF p.source_kind = 'card' THEN
+            PERFORM payq.emit('payment.created', p.payment_id, p_corr,
+                              payq.payment_fields(p) || jsonb_build_object('capture', p.capture),
+                              p.payment_id);
+        END IF;
         RETURN payq.payment_step(p.payment_id, NULL, p_corr);
     END IF;
     SELECT * INTO p FROM payq.payments WHERE payment_id = b->>'payment_id' FOR UPDATE;

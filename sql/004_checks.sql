@@ -3,6 +3,8 @@
 
 -- A payment's state, folded from its event history alone (the event store
 -- is the audit trail: this must always equal the row in payq.payments).
+-- A card payment's history starts with payment.created; a wallet payment,
+-- decided in one transaction, starts with its outcome.
 CREATE FUNCTION payq.payment_rebuild(p_payment_id text)
 RETURNS TABLE (status text, amount bigint, authorized_amount bigint, captured_amount bigint,
                refunded_amount bigint, fee bigint, failure_code text)
@@ -20,14 +22,19 @@ BEGIN
             amount := (e.data->>'amount')::bigint;
         WHEN 'payment.authorized' THEN
             status := 'authorized';
-            authorized_amount := (e.data->>'amount')::bigint;
+            amount := (e.data->>'amount')::bigint;
+            authorized_amount := amount;
         WHEN 'payment.succeeded', 'payment.captured' THEN
             status := 'succeeded';
+            IF e.type = 'payment.succeeded' THEN
+                amount := (e.data->>'amount')::bigint;
+            END IF;
             captured_amount := (e.data->>'amount')::bigint;
             fee := (e.data->>'fee')::bigint;
             authorized_amount := (e.data->>'authorized_amount')::bigint;
         WHEN 'payment.failed' THEN
             status := 'failed';
+            amount := COALESCE(NULLIF(amount, 0), (e.data->>'amount')::bigint);
             failure_code := e.data->>'code';
         WHEN 'payment.canceled' THEN
             status := 'canceled';

@@ -1,0 +1,114 @@
+/*
+ * broker.c - message and consumer counts of a queue (see broker.h).
+ */
+#include "broker.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include <amqp.h>
+#include <amqp_ssl_socket.h>
+#include <amqp_tcp_socket.h>
+
+static int open_socket(amqp_connection_state_t conn, const struct amqp_connection_info *ci,
+                       char *err, size_t errlen)
+{
+    amqp_socket_t *sock = ci->ssl ? amqp_ssl_socket_new(conn) : amqp_tcp_socket_new(conn);
+    if (!sock) {
+        snprintf(err, errlen, "cannot create a socket");
+        return PAYQ_ERR_AMQP;
+    }
+    if (ci->ssl) {
+        amqp_ssl_socket_set_verify_peer(sock, 1);
+        amqp_ssl_socket_set_verify_hostname(sock, 1);
+        const char *ca = getenv("AMQP_CACERT");
+        if (ca && *ca && amqp_ssl_socket_set_cacert(sock, ca) != AMQP_STATUS_OK) {
+            snprintf(err, errlen, "cannot load the CA certificate %s", ca);
+            return PAYQ_ERR_AMQP;
+        }
+    }
+    struct timeval tv = { 10, 0 };
+    int st = amqp_socket_open_noblock(sock, ci->host, ci->port, &tv);
+    if (st != AMQP_STATUS_OK) {
+        snprintf(err, errlen, "%s", amqp_error_string2(st));
+        return PAYQ_ERR_AMQP;
+    }
+    return PAYQ_OK;
+}
+
+static int rpc_error(amqp_rpc_reply_t r, const char *what, char *err, size_t errlen)
+{
+    if (r.reply_type == AMQP_RESPONSE_NORMAL)
+        return PAYQ_OK;
+    if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
+        r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+        amqp_channel_close_t *c = r.reply.decoded;
+        snprintf(err, errlen, "%s: %u %.*s", what, c->reply_code, (int)c->reply_text.len,
+                 (const char *)c->reply_text.bytes);
+        return c->reply_code == 404 ? PAYQ_ERR_CLOSED : PAYQ_ERR_AMQP;
+    }
+    if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
+        r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
+        amqp_connection_close_t *c = r.reply.decoded;
+        snprintf(err, errlen, "%s: %u %.*s", what, c->reply_code, (int)c->reply_text.len,
+                 (const char *)c->reply_text.bytes);
+        return PAYQ_ERR_AMQP;
+    }
+    snprintf(err, errlen, "%s: %s", what,
+             r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION
+                 ? amqp_error_string2(r.library_error)
+                 : "unexpected reply");
+    return PAYQ_ERR_AMQP;
+}
+
+int broker_queue_stats(const char *url, const char *queue, uint32_t *messages,
+                       uint32_t *consumers, char *err, size_t errlen)
+{
+    char *copy = strdup(url ? url : "");
+    amqp_connection_state_t conn = NULL;
+    bool logged_in = false;
+    int rc = PAYQ_ERR_NOMEM;
+    err[0] = 0;
+    if (!copy)
+        goto fail;
+    struct amqp_connection_info ci;
+    amqp_default_connection_info(&ci);
+    if (*copy && amqp_parse_url(copy, &ci) != AMQP_STATUS_OK) {
+        snprintf(err, errlen, "cannot parse the AMQP URL");
+        rc = PAYQ_ERR_CONFIG;
+        goto fail;
+    }
+    if (!(conn = amqp_new_connection()))
+        goto fail;
+    if ((rc = open_socket(conn, &ci, err, errlen)) != PAYQ_OK)
+        goto fail;
+    rc = rpc_error(amqp_login(conn, ci.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, ci.user,
+                              ci.password),
+                   "login", err, errlen);
+    if (rc != PAYQ_OK)
+        goto fail;
+    logged_in = true;
+    amqp_channel_open(conn, 1);
+    if ((rc = rpc_error(amqp_get_rpc_reply(conn), "channel.open", err, errlen)) != PAYQ_OK)
+        goto fail;
+    amqp_queue_declare_ok_t *ok = amqp_queue_declare(conn, 1, amqp_cstring_bytes(queue), 1, 0, 0,
+                                                     0, amqp_empty_table);
+    char what[200];
+    snprintf(what, sizeof what, "queue %s", queue);
+    if ((rc = rpc_error(amqp_get_rpc_reply(conn), what, err, errlen)) != PAYQ_OK)
+        goto fail;
+    *messages = ok->message_count;
+    *consumers = ok->consumer_count;
+    rc = PAYQ_OK;
+fail:
+    if (conn) {
+        if (logged_in)
+            (void)amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
+        amqp_destroy_connection(conn);
+    }
+    free(copy);
+    return rc;
+}
