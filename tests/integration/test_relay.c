@@ -62,6 +62,7 @@ struct event {
     bool has_timestamp;
     json_t *body;
     const char *id, *event_id, *body_type, *body_correlation_id; /* in body */
+    const char *payment_id; /* the payment whose history it belongs to (refunds too) */
 };
 
 #define MAX_EVENTS 1024
@@ -165,6 +166,9 @@ static void events_pump(int ms)
         }
         e->body = body;
         e->id = id;
+        e->payment_id = json_string_value(json_object_get(body, "payment_id"));
+        if (!e->payment_id)
+            e->payment_id = id;
         e->event_id = json_string_value(json_object_get(body, "event_id"));
         e->body_type = json_string_value(json_object_get(body, "type"));
         e->body_correlation_id = json_string_value(json_object_get(body, "correlation_id"));
@@ -199,17 +203,19 @@ static struct event *events_wait(const char *type, const char *id, int ms)
 
 /* Event ids about `id` in arrival order, first occurrences only (a
  * republished duplicate is allowed: at least once), comma-separated. */
+/* The event ids of one payment's history (its refunds included), in the
+ * order they arrived, duplicates dropped. */
 static const char *arrival_order(const char *id)
 {
     static char buf[4096];
     size_t pos = 0;
     buf[0] = 0;
     for (int i = 0; i < nevents; i++) {
-        if (strcmp(events[i].id, id) != 0 || !events[i].event_id)
+        if (strcmp(events[i].payment_id, id) != 0 || !events[i].event_id)
             continue;
         bool seen = false;
         for (int j = 0; j < i; j++)
-            if (strcmp(events[j].id, id) == 0 && events[j].event_id &&
+            if (strcmp(events[j].payment_id, id) == 0 && events[j].event_id &&
                 strcmp(events[j].event_id, events[i].event_id) == 0)
                 seen = true;
         if (!seen)
