@@ -33,6 +33,7 @@ struct bench_config {
     long prefetch;
     long batch; /* 0 = not given: the worker's own default */
     const char *worker;
+    const char *worker_log_level;
     const char *log_dir;
     int no_check;
     int smoke;

@@ -43,8 +43,7 @@ static int rpc_error(amqp_rpc_reply_t r, const char *what, char *err, size_t err
 {
     if (r.reply_type == AMQP_RESPONSE_NORMAL)
         return PAYQ_OK;
-    if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
-        r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+    if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION && r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
         amqp_channel_close_t *c = r.reply.decoded;
         snprintf(err, errlen, "%s: %u %.*s", what, c->reply_code, (int)c->reply_text.len,
                  (const char *)c->reply_text.bytes);
@@ -58,14 +57,13 @@ static int rpc_error(amqp_rpc_reply_t r, const char *what, char *err, size_t err
         return PAYQ_ERR_AMQP;
     }
     snprintf(err, errlen, "%s: %s", what,
-             r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION
-                 ? amqp_error_string2(r.library_error)
-                 : "unexpected reply");
+             r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION ? amqp_error_string2(r.library_error)
+                                                             : "unexpected reply");
     return PAYQ_ERR_AMQP;
 }
 
-int broker_queue_stats(const char *url, const char *queue, uint32_t *messages,
-                       uint32_t *consumers, char *err, size_t errlen)
+int broker_queue_stats(const char *url, const char *queue, uint32_t *messages, uint32_t *consumers,
+                       char *err, size_t errlen)
 {
     char *copy = strdup(url ? url : "");
     amqp_connection_state_t conn = NULL;
@@ -85,17 +83,17 @@ int broker_queue_stats(const char *url, const char *queue, uint32_t *messages,
         goto fail;
     if ((rc = open_socket(conn, &ci, err, errlen)) != PAYQ_OK)
         goto fail;
-    rc = rpc_error(amqp_login(conn, ci.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, ci.user,
-                              ci.password),
-                   "login", err, errlen);
+    rc = rpc_error(
+        amqp_login(conn, ci.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, ci.user, ci.password),
+        "login", err, errlen);
     if (rc != PAYQ_OK)
         goto fail;
     logged_in = true;
     amqp_channel_open(conn, 1);
     if ((rc = rpc_error(amqp_get_rpc_reply(conn), "channel.open", err, errlen)) != PAYQ_OK)
         goto fail;
-    amqp_queue_declare_ok_t *ok = amqp_queue_declare(conn, 1, amqp_cstring_bytes(queue), 1, 0, 0,
-                                                     0, amqp_empty_table);
+    amqp_queue_declare_ok_t *ok =
+        amqp_queue_declare(conn, 1, amqp_cstring_bytes(queue), 1, 0, 0, 0, amqp_empty_table);
     char what[200];
     snprintf(what, sizeof what, "queue %s", queue);
     if ((rc = rpc_error(amqp_get_rpc_reply(conn), what, err, errlen)) != PAYQ_OK)

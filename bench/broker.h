@@ -20,7 +20,7 @@
  * PAYQ_OK with both counts, PAYQ_ERR_CLOSED when the queue does not exist
  * (404), or another error with a reason (never a password) in err.
  */
-int broker_queue_stats(const char *url, const char *queue, uint32_t *messages,
-                       uint32_t *consumers, char *err, size_t errlen) PAYQ_MUSTCHECK;
+int broker_queue_stats(const char *url, const char *queue, uint32_t *messages, uint32_t *consumers,
+                       char *err, size_t errlen) PAYQ_MUSTCHECK;
 
 #endif

@@ -22,7 +22,10 @@ uint64_t dist_next(struct dist_rng *r);
 /* Uniform in [0, n), n > 0, without modulo bias. */
 uint64_t dist_below(struct dist_rng *r, uint64_t n);
 
-enum dist_kind { DIST_UNIFORM, DIST_ZIPF };
+enum dist_kind {
+    DIST_UNIFORM,
+    DIST_ZIPF
+};
 
 typedef struct dist dist_t;
 

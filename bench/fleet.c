@@ -41,8 +41,10 @@ static bool all_alive(struct fleet *f)
             f->reaped[k] = true;
             char why[64];
             describe_status(f->status[k], why, sizeof why);
-            fprintf(stderr, "payq-bench: payq-worker %d (pid %d) exited during start (%s); "
-                    "the end of %s:\n", k, (int)f->pid[k], why, f->log[k]);
+            fprintf(stderr,
+                    "payq-bench: payq-worker %d (pid %d) exited during start (%s); "
+                    "the end of %s:\n",
+                    k, (int)f->pid[k], why, f->log[k]);
             procs_print_tail(stderr, f->log[k], 12);
             return false;
         }
@@ -67,16 +69,25 @@ int fleet_start(struct fleet *f, const struct bench_config *cfg, const char *wor
     snprintf(prefetch, sizeof prefetch, "%ld", cfg->prefetch);
     snprintf(batch, sizeof batch, "%ld", cfg->batch);
     /* Without --batch the list ends at its NULL: the worker's own default. */
-    char *argv[] = { (char *)(uintptr_t)worker, "run", "--threads", threads, "--prefetch",
-                     prefetch, cfg->batch ? "--batch" : NULL, batch, NULL };
+    char *argv[] = { (char *)(uintptr_t)worker,
+                     "run",
+                     "--threads",
+                     threads,
+                     "--prefetch",
+                     prefetch,
+                     "--log-level",
+                     (char *)(uintptr_t)cfg->worker_log_level,
+                     cfg->batch ? "--batch" : NULL,
+                     batch,
+                     NULL };
     struct procs_env env = { cfg->amqp_url, cfg->database_url };
     const char *dir = cfg->log_dir;
     if (!dir || !*dir)
         dir = getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
 
     for (int k = 0; k < cfg->spawn_workers && k < FLEET_MAX; k++) {
-        int w = snprintf(f->log[k], sizeof f->log[k], "%s/payq-bench-%s-worker%d.log", dir,
-                         prefix, k);
+        int w =
+            snprintf(f->log[k], sizeof f->log[k], "%s/payq-bench-%s-worker%d.log", dir, prefix, k);
         if (w < 0 || (size_t)w >= sizeof f->log[k] ||
             procs_spawn(argv, &env, f->log[k], &f->pid[k]) != PAYQ_OK) {
             fprintf(stderr, "payq-bench: cannot start %s (log %s)\n", worker, f->log[k]);
@@ -99,9 +110,11 @@ int fleet_start(struct fleet *f, const struct bench_config *cfg, const char *wor
         if ((rc == PAYQ_OK && consumers >= want) || logs_ready(f, cfg->worker_threads))
             return PAYQ_OK;
         if (now_ms() > deadline) {
-            fprintf(stderr, "payq-bench: the workers did not start consuming within %d s "
-                    "(%u of %u consumers on %s%s%s); the end of %s:\n", READY_TIMEOUT_MS / 1000,
-                    consumers, want, PAYQ_Q_COMMANDS, err[0] ? ": " : "", err, f->log[0]);
+            fprintf(stderr,
+                    "payq-bench: the workers did not start consuming within %d s "
+                    "(%u of %u consumers on %s%s%s); the end of %s:\n",
+                    READY_TIMEOUT_MS / 1000, consumers, want, PAYQ_Q_COMMANDS, err[0] ? ": " : "",
+                    err, f->log[0]);
             procs_print_tail(stderr, f->log[0], 12);
             goto fail;
         }

@@ -21,6 +21,10 @@
 #define MS ((int64_t)1000000) /* nanoseconds */
 #define BURST_MAX 256         /* publishes before replies get a turn */
 #define DRAIN_MAX 512         /* replies handled before publishing gets a turn */
+/* Publishing stops an hour into a phase, so that with the longest reply
+ * timeout every time offset still fits the 32-bit microseconds kept per
+ * command (71 minutes). */
+#define PUBLISH_MAX_NS ((int64_t)3600 * 1000 * MS)
 
 struct state {
     const struct load_spec *s;
@@ -80,18 +84,16 @@ static int window_open(struct state *st, bool *open)
         return PAYQ_OK;
     int rc = mq_wait_confirms(st->mq, last + 1 - (uint64_t)st->s->window, 0);
     switch (rc) {
-    case PAYQ_OK:
-        return PAYQ_OK;
-    case PAYQ_ERR_TIMEOUT:
-        *open = false;
-        return PAYQ_OK;
+    case PAYQ_OK: return PAYQ_OK;
+    case PAYQ_ERR_TIMEOUT: *open = false; return PAYQ_OK;
     case PAYQ_ERR_NACKED:
         st->r->nacked = true; /* their replies will be missing */
         return PAYQ_OK;
     case PAYQ_ERR_UNROUTABLE:
         snprintf(st->r->error, sizeof st->r->error,
                  "the broker routed a command to no queue: does %s exist? (start payq-worker "
-                 "once, or import rabbitmq/definitions.json)", PAYQ_Q_COMMANDS);
+                 "once, or import rabbitmq/definitions.json)",
+                 PAYQ_Q_COMMANDS);
         return rc;
     default:
         snprintf(st->r->error, sizeof st->r->error, "lost the broker: %s", mq_error(st->mq));
@@ -118,8 +120,8 @@ static int publish(struct state *st, uint64_t i, int64_t due)
     struct load_cmd c = { NULL, { 0 }, 0 };
     int rc = s->build(s->arg, i, &c);
     if (rc != PAYQ_OK) {
-        snprintf(st->r->error, sizeof st->r->error, "%s: cannot build command %" PRIu64,
-                 s->label, i);
+        snprintf(st->r->error, sizeof st->r->error, "%s: cannot build command %" PRIu64, s->label,
+                 i);
         return rc;
     }
     char id[128];
@@ -144,8 +146,7 @@ static int publish(struct state *st, uint64_t i, int64_t due)
 }
 
 /* "<prefix>.<tag>.<index>" -> index of a command of this phase. */
-static bool command_index(const struct state *st, const amqp_basic_properties_t *p,
-                          uint64_t *out)
+static bool command_index(const struct state *st, const amqp_basic_properties_t *p, uint64_t *out)
 {
     if (!(p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG))
         return false;
@@ -247,7 +248,7 @@ int load_run(mq_t *mq, const struct load_spec *s, struct load_result *r)
         return rc;
     }
     const int64_t t0 = now_ns();
-    const int64_t end = s->count ? INT64_MAX : t0 + s->duration_ms * MS;
+    const int64_t end = t0 + (s->count ? PUBLISH_MAX_NS : s->duration_ms * MS);
     const double ns_per_cmd = s->rate > 0 ? 1e9 / (double)s->rate : 0;
     int64_t last_pub = t0, grace_end = 0, next_progress = t0 + s->progress_ms * MS;
     bool issuing = true;
@@ -296,8 +297,8 @@ int load_run(mq_t *mq, const struct load_spec *s, struct load_result *r)
                 break;
             }
             if ((rc = grow(&st, i + 1)) != PAYQ_OK) {
-                snprintf(r->error, sizeof r->error, "%s: out of memory after %" PRIu64
-                         " commands", s->label, i);
+                snprintf(r->error, sizeof r->error, "%s: out of memory after %" PRIu64 " commands",
+                         s->label, i);
                 goto out;
             }
             if ((rc = publish(&st, i, due)) != PAYQ_OK)
@@ -343,8 +344,8 @@ int load_run(mq_t *mq, const struct load_spec *s, struct load_result *r)
             goto out;
 
         if (s->progress_ms && now >= next_progress) {
-            fprintf(stderr, "payq-bench: %s: %.0f s, %" PRIu64 " published, %" PRIu64
-                    " replies\n", s->label, (double)(now - t0) / 1e9, r->sent, r->replied);
+            fprintf(stderr, "payq-bench: %s: %.0f s, %" PRIu64 " published, %" PRIu64 " replies\n",
+                    s->label, (double)(now - t0) / 1e9, r->sent, r->replied);
             next_progress += s->progress_ms * MS;
         }
     }

@@ -44,17 +44,17 @@ struct load_cmd {
 typedef int (*load_build_fn)(void *arg, uint64_t i, struct load_cmd *out);
 
 struct load_spec {
-    const char *label;      /* for progress lines and errors */
-    const char *prefix;     /* run prefix of correlation ids */
-    char tag;               /* phase letter of correlation ids */
-    uint64_t count;         /* commands to publish; 0 = until duration_ms is over */
+    const char *label;  /* for progress lines and errors */
+    const char *prefix; /* run prefix of correlation ids */
+    char tag;           /* phase letter of correlation ids */
+    uint64_t count;     /* commands to publish; 0 = until duration_ms is over */
     long duration_ms;
-    long rate;              /* commands per second; 0 = closed loop */
-    long max_inflight;      /* closed loop: commands without a reply at most */
-    long window;            /* unconfirmed publishes at most */
-    long reply_timeout_ms;  /* after the last publish: the rest are missing */
-    long grace_ms;          /* after the last reply: keep listening for duplicates */
-    int progress_ms;        /* a progress line on stderr this often; 0 = none */
+    long rate;             /* commands per second; 0 = closed loop */
+    long max_inflight;     /* closed loop: commands without a reply at most */
+    long window;           /* unconfirmed publishes at most */
+    long reply_timeout_ms; /* after the last publish: the rest are missing */
+    long grace_ms;         /* after the last reply: keep listening for duplicates */
+    int progress_ms;       /* a progress line on stderr this often; 0 = none */
     load_build_fn build;
     void *arg;
     volatile sig_atomic_t *stop; /* set by a signal handler: stop early */
@@ -74,10 +74,10 @@ struct load_result {
     double elapsed_s;          /* t0 to the last reply (to the last publish if none) */
     double lag_max_ms;         /* open loop: the furthest a publish fell behind its due time */
     double lag_mean_ms;
-    bool nacked;               /* the broker refused at least one publish */
-    bool interrupted;          /* stop was set */
-    char first_problem[320];   /* the first reply whose status was not "succeeded" */
-    char error[320];           /* why the phase could not finish, when it returns an error */
+    bool nacked;             /* the broker refused at least one publish */
+    bool interrupted;        /* stop was set */
+    char first_problem[320]; /* the first reply whose status was not "succeeded" */
+    char error[320];         /* why the phase could not finish, when it returns an error */
 };
 
 /*

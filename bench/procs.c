@@ -38,8 +38,7 @@ static void exec_child(char *const argv[], const struct procs_env *env, pid_t pa
     _exit(127);
 }
 
-int procs_spawn(char *const argv[], const struct procs_env *env, const char *log_path,
-                pid_t *out)
+int procs_spawn(char *const argv[], const struct procs_env *env, const char *log_path, pid_t *out)
 {
     int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
@@ -143,8 +142,7 @@ double procs_cpu_seconds(pid_t pid)
     if (!p)
         return -1;
     unsigned long long utime, stime;
-    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) !=
-        2)
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
         return -1;
     long hz = sysconf(_SC_CLK_TCK);
     return hz > 0 ? (double)(utime + stime) / (double)hz : -1;
@@ -156,8 +154,8 @@ int procs_host_cpu(uint64_t *busy, uint64_t *total)
     if (!f)
         return PAYQ_ERR_IO;
     unsigned long long v[8] = { 0 };
-    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
-                   &v[3], &v[4], &v[5], &v[6], &v[7]);
+    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+                   &v[4], &v[5], &v[6], &v[7]);
     fclose(f);
     if (n < 4)
         return PAYQ_ERR_IO;

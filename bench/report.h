@@ -15,10 +15,15 @@
 #include "verify.h"
 
 /* The verdict of one check. */
-enum report_verdict { CHECK_SKIPPED = 0, CHECK_OK, CHECK_FAILED };
+enum report_verdict {
+    CHECK_SKIPPED = 0,
+    CHECK_OK,
+    CHECK_FAILED
+};
 
 struct report {
     const struct bench_config *cfg;
+    const char *program; /* argv[0], for the command line that repeats the run */
     const char *prefix;
     uint64_t seed;
     double zipf_s;

@@ -59,8 +59,7 @@ static double rank_ms(const uint32_t *sorted, uint64_t n, double p)
     return sorted[k - 1] / 1000.0;
 }
 
-int stats_latency(const uint32_t *lat_us, const uint8_t *has, uint64_t n,
-                  struct stats_latency *out)
+int stats_latency(const uint32_t *lat_us, const uint8_t *has, uint64_t n, struct stats_latency *out)
 {
     memset(out, 0, sizeof *out);
     uint64_t m = 0;

@@ -15,14 +15,14 @@
 #include "status.h"
 
 struct verify_ledger {
-    int64_t wallets, merchants;           /* the run's accounts found */
+    int64_t wallets, merchants;             /* the run's accounts found */
     int64_t wallet_posted, merchant_posted; /* sums of posted balances */
-    int64_t pending;                      /* sum of pending (holds) over the run's accounts */
-    int64_t overdrawn;                    /* wallets with posted or available below zero */
-    int64_t deposits, deposited;          /* succeeded deposits and their sum */
-    int64_t payments, succeeded;          /* payment rows, and those succeeded */
-    int64_t captured, fees;               /* sums over the succeeded ones */
-    int64_t platform;                     /* entries on @platform:CUR from the run's captures */
+    int64_t pending;                        /* sum of pending (holds) over the run's accounts */
+    int64_t overdrawn;                      /* wallets with posted or available below zero */
+    int64_t deposits, deposited;            /* succeeded deposits and their sum */
+    int64_t payments, succeeded;            /* payment rows, and those succeeded */
+    int64_t captured, fees;                 /* sums over the succeeded ones */
+    int64_t platform;                       /* entries on @platform:CUR from the run's captures */
 };
 
 /* Accounts whose id starts with "<prefix>-" (0 for a fresh run id). */

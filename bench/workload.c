@@ -20,10 +20,10 @@ int workload_open(void *arg, uint64_t i, struct load_cmd *out)
     const struct workload *w = arg;
     bool wallet = i < (uint64_t)w->wallets;
     uint64_t k = wallet ? i : i - (uint64_t)w->wallets;
-    int n = snprintf(out->body, sizeof out->body,
-                     "{\"account\":\"%s-%c%" PRIu64 "\",\"currency\":\"%s\",\"kind\":\"%s\"}",
-                     w->prefix, wallet ? 'w' : 'm', k, w->currency,
-                     wallet ? "customer" : "merchant");
+    int n =
+        snprintf(out->body, sizeof out->body,
+                 "{\"account\":\"%s-%c%" PRIu64 "\",\"currency\":\"%s\",\"kind\":\"%s\"}",
+                 w->prefix, wallet ? 'w' : 'm', k, w->currency, wallet ? "customer" : "merchant");
     return finish(out, "account.open", n);
 }
 
@@ -42,8 +42,8 @@ int workload_payment(void *arg, uint64_t i, struct load_cmd *out)
     struct workload *w = arg;
     uint64_t src = dist_sample(w->wallet_dist, &w->rng);
     uint64_t dst = dist_sample(w->merchant_dist, &w->rng);
-    long amount = w->amount_min +
-                  (long)dist_below(&w->rng, (uint64_t)(w->amount_max - w->amount_min) + 1);
+    long amount =
+        w->amount_min + (long)dist_below(&w->rng, (uint64_t)(w->amount_max - w->amount_min) + 1);
     int n = snprintf(out->body, sizeof out->body,
                      "{\"payment_id\":\"%s-p%" PRIu64 "\",\"amount\":%ld,\"currency\":\"%s\","
                      "\"source\":\"%s-w%" PRIu64 "\",\"destination\":\"%s-m%" PRIu64 "\","

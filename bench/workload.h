@@ -18,10 +18,10 @@ struct workload {
     const char *prefix;
     const char *currency;
     long wallets, merchants;
-    long fund;                 /* deposit per wallet, minor units */
+    long fund; /* deposit per wallet, minor units */
     long amount_min, amount_max;
-    dist_t *wallet_dist;       /* sources of payments */
-    dist_t *merchant_dist;     /* destinations of payments */
+    dist_t *wallet_dist;   /* sources of payments */
+    dist_t *merchant_dist; /* destinations of payments */
     struct dist_rng rng;
 };
 

@@ -23,8 +23,10 @@
 /* AMQP heartbeat, seconds: long enough for the slowest statement. */
 #define HEARTBEAT 60
 
-#define OPT(f, e, t, d, lo, hi, field, mv, h) \
-    { f, e, t, d, lo, hi, offsetof(struct dlq_config, field), mv, h }
+#define OPT(f, e, t, d, lo, hi, field, mv, h)                         \
+    {                                                                 \
+        f, e, t, d, lo, hi, offsetof(struct dlq_config, field), mv, h \
+    }
 
 /*
  * Selection options have no environment variable on purpose: one left in
@@ -78,6 +80,7 @@ static const struct cfg_opt options[] = {
     CFG_END
 };
 
+/* clang-format off */
 static void usage(FILE *out)
 {
     fprintf(out,
@@ -120,10 +123,12 @@ static void usage(FILE *out)
 "\n"
 "Replay never loses a message: the row is marked only after the broker confirmed the copy,\n"
 "so a replay killed midway leaves it 'dead', and replaying it again is harmless because the\n"
-"message_id and the business id are unchanged (the worker applies a command once). Rows\n"
-"whose body was masked (a card number; `show` says \"redacted\") are refused. With --canary N,\n"
-"success is the worker's stored reply for the message_id (any status but \"rejected\");\n"
-"failure is a new failed attempt, a new dead letter, or no outcome within --canary-timeout.\n"
+"message_id and the business id are unchanged (the worker applies a command once). It\n"
+"takes the dead letters archived before it started, oldest first. Rows whose body was\n"
+"masked (a card number; `show` says \"redacted\") are refused. With --canary N, success is\n"
+"the worker's stored reply for the message_id (any status but \"rejected\"); failure is a\n"
+"new failed attempt, a new dead letter, or no outcome within --canary-timeout; a canary\n"
+"that failed is put back to 'dead'.\n"
 "\n"
 "Examples:\n"
 "  payq-dlq list --reason malformed_json --since 2h\n"
@@ -137,9 +142,10 @@ static void usage(FILE *out)
 "Exit status: 0 ok; 1 runtime error, or (replay) a message failed or a canary failed\n"
 "again; 2 usage error.\n"
 "\n"
-"Testing only: %s=1 makes replay SIGKILL itself right after the broker\n"
-"confirmed a message, before its row is marked replayed.\n", DLQ_TEST_KILL_ENV);
+"Testing only: %s=1 makes replay SIGKILL itself right after\n"
+"the broker confirmed a message, before its row is marked replayed.\n", DLQ_TEST_KILL_ENV);
 }
+/* clang-format on */
 
 /* ---- signals ------------------------------------------------------------- */
 
@@ -192,9 +198,10 @@ int dlq_need_mq(struct dlq *t)
     /* The exchanges a replay or an import publishes to exist even on a
      * broker no worker has touched yet (idempotent). */
     if (mq_declare_topology(mq) != PAYQ_OK) {
-        fprintf(stderr, "payq-dlq: cannot declare payq's exchanges and queues on %s: %s\n"
-                        "  the broker holds a different definition; compare it with "
-                        "rabbitmq/definitions.json\n",
+        fprintf(stderr,
+                "payq-dlq: cannot declare payq's exchanges and queues on %s: %s\n"
+                "  the broker holds a different definition; compare it with "
+                "rabbitmq/definitions.json\n",
                 red, mq_error(mq));
         mq_close(mq);
         return PAYQ_ERR_AMQP;
@@ -211,9 +218,10 @@ static int connect_db(struct dlq *t)
     if (db_connect(t->cfg->database_url, "payq-dlq", t->cfg->statement_timeout_ms, &t->db) !=
         PAYQ_OK) {
         t->db = NULL;
-        fprintf(stderr, "payq-dlq: cannot connect to PostgreSQL at %s (the cause is logged "
-                        "above)\n  is PostgreSQL running? bash tests/stack.sh up starts a local "
-                        "one (or set DATABASE_URL / --database-url)\n",
+        fprintf(stderr,
+                "payq-dlq: cannot connect to PostgreSQL at %s (the cause is logged "
+                "above)\n  is PostgreSQL running? bash tests/stack.sh up starts a local "
+                "one (or set DATABASE_URL / --database-url)\n",
                 red);
         return DLQ_EXIT_FAIL;
     }
@@ -225,10 +233,18 @@ static int connect_db(struct dlq *t)
 
 /* ---- commands ---------------------------------------------------------------- */
 
-enum command { CMD_LIST, CMD_SHOW, CMD_STATS, CMD_REPLAY, CMD_DISCARD, CMD_EXPORT, CMD_IMPORT,
-               CMD_SYNC };
+enum command {
+    CMD_LIST,
+    CMD_SHOW,
+    CMD_STATS,
+    CMD_REPLAY,
+    CMD_DISCARD,
+    CMD_EXPORT,
+    CMD_IMPORT,
+    CMD_SYNC
+};
 
-static const char *const command_names[] = { "list",   "show",   "stats",  "replay",
+static const char *const command_names[] = { "list",    "show",   "stats",  "replay",
                                              "discard", "export", "import", "sync" };
 
 static int usage_error(const char *fmt, ...) PAYQ_PRINTF(1, 2);
@@ -262,7 +278,8 @@ static int check_usage(enum command c, const struct dlq_config *cfg, int nargs)
         return usage_error("--rate and --canary belong to replay, not %s", name);
     if (c == CMD_DISCARD && (!cfg->reason || !*cfg->reason))
         return usage_error("%s needs --reason TEXT saying why (it is recorded with the rows; "
-                           "filter by reason code with --code)", name);
+                           "filter by reason code with --code)",
+                           name);
     if (c != CMD_DISCARD && cfg->reason && cfg->code && strcmp(cfg->reason, cfg->code) != 0)
         return usage_error("--reason and --code are the same filter in %s; give one", name);
     if (cfg->all && nargs > 0)
@@ -304,7 +321,8 @@ int main(int argc, char **argv)
         k++;
     if (k == sizeof command_names / sizeof *command_names) {
         rc = usage_error("unknown command %s (list, show, stats, replay, discard, export, "
-                         "import, sync)", argv[1]);
+                         "import, sync)",
+                         argv[1]);
         goto out;
     }
     c = (enum command)k;
@@ -319,7 +337,8 @@ int main(int argc, char **argv)
     }
     if ((c == CMD_REPLAY || c == CMD_DISCARD) && n == 0 && !cfg.all && !dlq_filter_selects(&f)) {
         rc = usage_error("%s needs IDs, a filter (--reason/--code, --routing-key, --since, "
-                         "--until, --grep) or --all", command_names[c]);
+                         "--until, --grep) or --all",
+                         command_names[c]);
         goto out;
     }
 

@@ -28,7 +28,11 @@
 #include "status.h"
 
 /* Exit codes. */
-enum { DLQ_EXIT_OK = 0, DLQ_EXIT_FAIL = 1, DLQ_EXIT_USAGE = 2 };
+enum {
+    DLQ_EXIT_OK = 0,
+    DLQ_EXIT_FAIL = 1,
+    DLQ_EXIT_USAGE = 2
+};
 
 /* The header linking a queue copy to its row. */
 #define DLQ_ID_HEADER "x-payq-dead-letter-id"
@@ -69,7 +73,7 @@ struct dlq_filter {
     char until_rel[32];
     char until_abs[64];
     const char *grep;
-    char *ids;          /* "{uuid,uuid}" (malloc'd) when ids were named */
+    char *ids; /* "{uuid,uuid}" (malloc'd) when ids were named */
     size_t nids;
     long limit;
 };
@@ -78,9 +82,9 @@ struct dlq_filter {
 struct dlq {
     const struct dlq_config *cfg;
     db_t *db;
-    mq_t *mq;         /* connected on demand by dlq_need_mq */
-    char user[128];   /* resolved_by: $USER or "operator" */
-    bool progress;    /* stderr is a terminal */
+    mq_t *mq;       /* connected on demand by dlq_need_mq */
+    char user[128]; /* resolved_by: $USER or "operator" */
+    bool progress;  /* stderr is a terminal */
 };
 
 /* True once SIGINT or SIGTERM arrived: replay and import stop after the
@@ -95,10 +99,34 @@ int dlq_need_mq(struct dlq *t) PAYQ_MUSTCHECK;
 
 /* Columns of every row query, in this order (dlq_select). */
 enum dlq_col {
-    COL_ID, COL_SHORT, COL_AGE, COL_REASON, COL_RK, COL_BUSINESS, COL_MSGID, COL_ATTEMPTS,
-    COL_STATUS, COL_EXCHANGE, COL_MSGKEY, COL_CORR, COL_ERROR, COL_SQLSTATE, COL_FPR,
-    COL_WORKER, COL_FIRST, COL_LAST, COL_PROPS, COL_BODY_LEN, COL_REDACTED, COL_RESOLVED_AT,
-    COL_RESOLVED_BY, COL_NOTE, COL_CREATED, COL_SCOPE, COL_CURSOR, COL_TOTAL
+    COL_ID,
+    COL_SHORT,
+    COL_AGE,
+    COL_REASON,
+    COL_RK,
+    COL_BUSINESS,
+    COL_MSGID,
+    COL_ATTEMPTS,
+    COL_STATUS,
+    COL_EXCHANGE,
+    COL_MSGKEY,
+    COL_CORR,
+    COL_ERROR,
+    COL_SQLSTATE,
+    COL_FPR,
+    COL_WORKER,
+    COL_FIRST,
+    COL_LAST,
+    COL_PROPS,
+    COL_BODY_LEN,
+    COL_REDACTED,
+    COL_RESOLVED_AT,
+    COL_RESOLVED_BY,
+    COL_NOTE,
+    COL_CREATED,
+    COL_SCOPE,
+    COL_CURSOR,
+    COL_TOTAL
 };
 
 /* Fills f from the options (status, --reason/--code, --routing-key,
@@ -120,8 +148,8 @@ int dlq_resolve_ids(struct dlq *t, char **args, int n, struct dlq_filter *f);
 /* Rows matching f, oldest first (newest first when newest_first, so that
  * --limit keeps the newest). *out is PQclear'ed by the caller. The body is
  * not among the columns (COL_BODY_LEN is its size): see dlq_body. */
-int dlq_select(struct dlq *t, const struct dlq_filter *f, bool newest_first, PGresult **out)
-    PAYQ_MUSTCHECK;
+int dlq_select(struct dlq *t, const struct dlq_filter *f, bool newest_first,
+               PGresult **out) PAYQ_MUSTCHECK;
 
 /* At most `page` rows matching f (f->limit is ignored), oldest first, after
  * the row whose COL_CURSOR and COL_ID are after_ts / after_id (NULL: from
@@ -138,20 +166,20 @@ int dlq_body(struct dlq *t, const char *id, unsigned char **out, size_t *len) PA
 #define DLQ_NPARAMS 10
 void dlq_filter_params(const struct dlq_filter *f, char *limit_buf, size_t len,
                        const char *params[DLQ_NPARAMS]);
-#define DLQ_WHERE \
-    " FROM payq.dead_letters d" \
-    " WHERE ($1::text IS NULL OR d.status = $1::text)" \
-    "   AND ($2::text IS NULL OR d.reason = $2::text)" \
-    "   AND ($3::text IS NULL OR d.routing_key LIKE $3::text)" \
-    "   AND ($4::interval IS NULL OR d.created_at >= now() - $4::interval)" \
-    "   AND ($5::timestamptz IS NULL OR d.created_at >= $5::timestamptz)" \
-    "   AND ($6::interval IS NULL OR d.created_at <= now() - $6::interval)" \
-    "   AND ($7::timestamptz IS NULL OR d.created_at <= $7::timestamptz)" \
+#define DLQ_WHERE                                                                      \
+    " FROM payq.dead_letters d"                                                        \
+    " WHERE ($1::text IS NULL OR d.status = $1::text)"                                 \
+    "   AND ($2::text IS NULL OR d.reason = $2::text)"                                 \
+    "   AND ($3::text IS NULL OR d.routing_key LIKE $3::text)"                         \
+    "   AND ($4::interval IS NULL OR d.created_at >= now() - $4::interval)"            \
+    "   AND ($5::timestamptz IS NULL OR d.created_at >= $5::timestamptz)"              \
+    "   AND ($6::interval IS NULL OR d.created_at <= now() - $6::interval)"            \
+    "   AND ($7::timestamptz IS NULL OR d.created_at <= $7::timestamptz)"              \
     "   AND ($8::text IS NULL OR position(convert_to($8::text, 'UTF8') IN d.body) > 0" \
-    "        OR strpos(d.error, $8::text) > 0" \
-    "        OR strpos(COALESCE(d.message_id, ''), $8::text) > 0" \
-    "        OR strpos(COALESCE(d.business_id, ''), $8::text) > 0" \
-    "        OR strpos(COALESCE(d.correlation_id, ''), $8::text) > 0)" \
+    "        OR strpos(d.error, $8::text) > 0"                                         \
+    "        OR strpos(COALESCE(d.message_id, ''), $8::text) > 0"                      \
+    "        OR strpos(COALESCE(d.business_id, ''), $8::text) > 0"                     \
+    "        OR strpos(COALESCE(d.correlation_id, ''), $8::text) > 0)"                 \
     "   AND ($9::uuid[] IS NULL OR d.id = ANY($9::uuid[]))"
 
 /* NULL for SQL NULL, else the value. */
@@ -166,8 +194,8 @@ int dlq_db_error(struct dlq *t, const char *what);
  * ones), text results. PAYQ_OK with *out set (the caller PQclear's it) for a
  * command or rows; otherwise PAYQ_ERR_DB, the error kept in t->db
  * (db_error) and nothing to clear. */
-int dlq_query(struct dlq *t, const char *sql, int n, const char *const *params,
-              const int *lengths, const int *formats, PGresult **out) PAYQ_MUSTCHECK;
+int dlq_query(struct dlq *t, const char *sql, int n, const char *const *params, const int *lengths,
+              const int *formats, PGresult **out) PAYQ_MUSTCHECK;
 
 /* ---- dlq_inspect.c --------------------------------------------------- */
 
@@ -184,12 +212,12 @@ int dlq_discard(struct dlq *t, const struct dlq_filter *f, const char *note);
 /* ---- dlq_sync.c ------------------------------------------------------ */
 
 struct dlq_sync_stats {
-    long seen;     /* queue messages looked at */
-    long acked;    /* their row is replayed or discarded: removed from the queue */
-    long kept;     /* their row is dead: left in the queue */
-    long archived; /* had no row (no header, or an unknown id): archived, kept */
-    long reopened; /* came back after their row was resolved: row reopened, kept */
-    long errors;   /* could not be handled: kept */
+    long seen;          /* queue messages looked at */
+    long acked;         /* their row is replayed or discarded: removed from the queue */
+    long kept;          /* their row is dead: left in the queue */
+    long archived;      /* had no row (no header, or an unknown id): archived, kept */
+    long reopened;      /* came back after their row was resolved: row reopened, kept */
+    long errors;        /* could not be handled: kept */
     unsigned remaining; /* messages in the queue at the end */
     bool connected;     /* the broker was reached */
 };

@@ -36,7 +36,7 @@ int dlq_list(struct dlq *t, const struct dlq_filter *in)
         PQclear(r);
         return DLQ_EXIT_OK;
     }
-    static const char *const heads[] = { "ID",         "AGE",      "REASON", "COMMAND",
+    static const char *const heads[] = { "ID",          "AGE",        "REASON",   "COMMAND",
                                          "BUSINESS ID", "MESSAGE ID", "ATTEMPTS", "STATUS" };
     static const int maxw[] = { 8, 5, 22, 20, 32, 40, 8, 9 };
     struct dlq_table *tb = dlq_table_new(8, heads, maxw);
@@ -194,14 +194,13 @@ int dlq_show(struct dlq *t, char *id)
 
 int dlq_stats(struct dlq *t, const struct dlq_filter *f)
 {
-    static const char sql[] =
-        "SELECT d.reason, d.fingerprint, count(*),"
-        " floor(extract(epoch FROM now() - min(d.created_at)))::bigint,"
-        " floor(extract(epoch FROM now() - max(d.created_at)))::bigint,"
-        " string_agg(DISTINCT d.routing_key, ','),"
-        " (array_agg(d.error ORDER BY d.created_at DESC))[1]" DLQ_WHERE
-        " GROUP BY d.reason, d.fingerprint"
-        " ORDER BY count(*) DESC, d.reason, d.fingerprint LIMIT $10::bigint";
+    static const char sql[] = "SELECT d.reason, d.fingerprint, count(*),"
+                              " floor(extract(epoch FROM now() - min(d.created_at)))::bigint,"
+                              " floor(extract(epoch FROM now() - max(d.created_at)))::bigint,"
+                              " string_agg(DISTINCT d.routing_key, ','),"
+                              " (array_agg(d.error ORDER BY d.created_at DESC))[1]" DLQ_WHERE
+                              " GROUP BY d.reason, d.fingerprint"
+                              " ORDER BY count(*) DESC, d.reason, d.fingerprint LIMIT $10::bigint";
     char limit[32];
     const char *params[DLQ_NPARAMS];
     dlq_filter_params(f, limit, sizeof limit, params);
@@ -228,8 +227,10 @@ int dlq_stats(struct dlq *t, const struct dlq_filter *f)
         strcat(first, " ago");
         strcat(last, " ago");
         total += atoll(PQgetvalue(r, i, 2));
-        const char *cells[7] = { PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetvalue(r, i, 2),
-                                 first, last, PQgetvalue(r, i, 5), PQgetvalue(r, i, 6) };
+        const char *cells[7] = {
+            PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), first, last,
+            PQgetvalue(r, i, 5), PQgetvalue(r, i, 6)
+        };
         if (dlq_table_add(tb, cells) != PAYQ_OK)
             rc = DLQ_EXIT_FAIL;
     }
@@ -249,10 +250,9 @@ int dlq_export(struct dlq *t, const struct dlq_filter *f)
 {
     /* Every column as it is stored (properties as JSON), the body as
      * base64 without line breaks: one JSON object per line. */
-    static const char sql[] =
-        "SELECT ((to_jsonb(d) - 'body') || jsonb_build_object('body_base64',"
-        " translate(encode(d.body, 'base64'), E'\\n', '')))::text" DLQ_WHERE
-        " ORDER BY d.created_at, d.id LIMIT $10::bigint";
+    static const char sql[] = "SELECT ((to_jsonb(d) - 'body') || jsonb_build_object('body_base64',"
+                              " translate(encode(d.body, 'base64'), E'\\n', '')))::text" DLQ_WHERE
+                              " ORDER BY d.created_at, d.id LIMIT $10::bigint";
     char limit[32];
     const char *params[DLQ_NPARAMS];
     dlq_filter_params(f, limit, sizeof limit, params);

@@ -172,7 +172,11 @@ static void nap(struct dlq *t, long ms)
 
 /* ---- canary -------------------------------------------------------------- */
 
-enum { CANARY_PENDING = 0, CANARY_OK, CANARY_FAILED };
+enum {
+    CANARY_PENDING = 0,
+    CANARY_OK,
+    CANARY_FAILED
+};
 
 /* What the outcome check needs of a replayed row (its page is gone by the
  * time the canaries are checked). */
@@ -252,8 +256,8 @@ static int canary_poll(struct dlq *t, struct canary_item *c)
         "   ORDER BY occurred_at DESC, id DESC LIMIT 1),"
         " EXISTS (SELECT 1 FROM payq.dead_letters WHERE (id = $7::uuid AND status = 'dead')"
         "   OR (message_key = $5 AND id <> $7::uuid AND created_at > $6::timestamptz))";
-    const char *p[7] = { c->scope, c->message_id, c->rk, c->body_json, c->message_key, c->since,
-                         c->id };
+    const char *p[7] = { c->scope,       c->message_id, c->rk, c->body_json,
+                         c->message_key, c->since,      c->id };
     PGresult *r;
     if (dlq_query(t, sql, 7, p, NULL, NULL, &r) != PAYQ_OK) {
         snprintf(c->why, sizeof c->why, "cannot read its outcome: %s", db_error(t->db));
@@ -263,8 +267,9 @@ static int canary_poll(struct dlq *t, struct canary_item *c)
     bool dead_again = strcmp(PQgetvalue(r, 0, 3), "t") == 0;
     int out = CANARY_PENDING;
     if (same && strcmp(same, "f") == 0) {
-        snprintf(c->why, sizeof c->why, "its message_id is already taken by another command "
-                                        "(idempotency_conflict)");
+        snprintf(c->why, sizeof c->why,
+                 "its message_id is already taken by another command "
+                 "(idempotency_conflict)");
         out = CANARY_FAILED;
     } else if (status && strcmp(status, "rejected") != 0) {
         snprintf(c->why, sizeof c->why, "applied (%s)", status);
@@ -290,9 +295,10 @@ static void reopen_after_canary(struct dlq *t, const struct canary_item *c)
     snprintf(note, sizeof note, "canary replay failed: %s", c->why);
     const char *p[2] = { c->id, note };
     PGresult *r;
-    if (dlq_query(t, "UPDATE payq.dead_letters SET status = 'dead', resolved_at = NULL,"
-                     " resolved_by = NULL, resolution_note = $2"
-                     " WHERE id = $1::uuid AND status = 'replayed'",
+    if (dlq_query(t,
+                  "UPDATE payq.dead_letters SET status = 'dead', resolved_at = NULL,"
+                  " resolved_by = NULL, resolution_note = $2"
+                  " WHERE id = $1::uuid AND status = 'replayed'",
                   2, p, NULL, NULL, &r) != PAYQ_OK) {
         fprintf(stderr, "payq-dlq: could not put %s back to dead: %s\n", c->id, db_error(t->db));
         return;
@@ -330,7 +336,8 @@ static long canary_wait(struct dlq *t, struct canary_item *c, int n, struct prog
             if (!c[i].message_id) {
                 /* Without a message_id there is no inbox key to read. */
                 printf("canary %s: no failure within %ld s (no message_id, so success cannot "
-                       "be confirmed)\n", c[i].short_id, t->cfg->canary_timeout);
+                       "be confirmed)\n",
+                       c[i].short_id, t->cfg->canary_timeout);
                 continue;
             }
             snprintf(c[i].why, sizeof c[i].why, "no outcome within %ld s (is a worker running?)",
@@ -364,9 +371,10 @@ static const char *skip_reason(const struct dlq *t, PGresult *rows, int i, char 
         return buf;
     }
     if (strcmp(PQgetvalue(rows, i, COL_REDACTED), "t") == 0) {
-        snprintf(buf, len, "refused: its body was masked because it held a card number, so a "
-                           "replay would send another command; ask the publisher to send it "
-                           "again with a card token, then discard this one");
+        snprintf(buf, len,
+                 "refused: its body was masked because it held a card number, so a "
+                 "replay would send another command; ask the publisher to send it "
+                 "again with a card token, then discard this one");
         return buf;
     }
     return NULL;
@@ -377,8 +385,9 @@ static const char *skip_reason(const struct dlq *t, PGresult *rows, int i, char 
 static int replay_time(struct dlq *t, char *out, size_t len)
 {
     PGresult *r;
-    if (dlq_query(t, "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC',"
-                     " 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    if (dlq_query(t,
+                  "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC',"
+                  " 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
                   0, NULL, NULL, NULL, &r) != PAYQ_OK)
         return PAYQ_ERR_DB;
     snprintf(out, len, "%s", PQgetvalue(r, 0, 0));
@@ -404,8 +413,7 @@ static int publish_row(struct dlq *t, PGresult *rows, int i, const char *at,
             snprintf(err, errlen, "the broker could not route it (no queue bound to %s for %s)", x,
                      PQgetvalue(rows, i, COL_RK));
         else if (rc != PAYQ_OK)
-            snprintf(err, errlen, "publish failed: %s (%s)", payq_strerror(rc),
-                     mq_error(t->mq));
+            snprintf(err, errlen, "publish failed: %s (%s)", payq_strerror(rc), mq_error(t->mq));
     }
     empty_amqp_pool(&pool);
     return rc;
@@ -420,14 +428,17 @@ static int mark_replayed(struct dlq *t, PGresult *rows, int i, const char *at)
     const char *p[5] = { PQgetvalue(rows, i, COL_ID), at, t->user, note,
                          PQgetvalue(rows, i, COL_STATUS) };
     PGresult *r;
-    if (dlq_query(t, "UPDATE payq.dead_letters SET status = 'replayed',"
-                     " resolved_at = $2::timestamptz, resolved_by = $3, resolution_note = $4"
-                     " WHERE id = $1::uuid AND status = $5",
+    if (dlq_query(t,
+                  "UPDATE payq.dead_letters SET status = 'replayed',"
+                  " resolved_at = $2::timestamptz, resolved_by = $3, resolution_note = $4"
+                  " WHERE id = $1::uuid AND status = $5",
                   5, p, NULL, NULL, &r) != PAYQ_OK)
         return PAYQ_ERR_DB;
     if (strcmp(PQcmdTuples(r), "1") != 0)
-        fprintf(stderr, "payq-dlq: %s was changed by someone else during the replay; "
-                        "left as it is\n", PQgetvalue(rows, i, COL_SHORT));
+        fprintf(stderr,
+                "payq-dlq: %s was changed by someone else during the replay; "
+                "left as it is\n",
+                PQgetvalue(rows, i, COL_SHORT));
     PQclear(r);
     return PAYQ_OK;
 }
@@ -448,7 +459,7 @@ struct run {
     struct canary_item *canary; /* the first --canary replays */
     int ncanary;
     bool canary_done;
-    bool stop;                  /* the connection broke, the database failed, or a canary failed */
+    bool stop; /* the connection broke, the database failed, or a canary failed */
     bool canary_failed;
     double start;
     long replayed, skipped, failed;
@@ -496,17 +507,19 @@ static void replay_row(struct run *run, PGresult *rows, int i)
         run->failed++;
         /* A message the broker refused does not spoil the connection;
          * anything else does. */
-        run->stop = rc != PAYQ_ERR_INVALID && rc != PAYQ_ERR_NOMEM &&
-                    rc != PAYQ_ERR_UNROUTABLE && rc != PAYQ_ERR_NACKED;
+        run->stop = rc != PAYQ_ERR_INVALID && rc != PAYQ_ERR_NOMEM && rc != PAYQ_ERR_UNROUTABLE &&
+                    rc != PAYQ_ERR_NACKED;
         return;
     }
     kill_after_publish_for_tests();
     if (mark_replayed(t, rows, i, at) != PAYQ_OK) {
         free(body);
         progress_clear(&run->pg);
-        fprintf(stderr, "payq-dlq: %s was published but could not be marked replayed: %s\n"
-                        "  it is still 'dead'; replaying it again is harmless (same "
-                        "message_id)\n", sid, db_error(t->db));
+        fprintf(stderr,
+                "payq-dlq: %s was published but could not be marked replayed: %s\n"
+                "  it is still 'dead'; replaying it again is harmless (same "
+                "message_id)\n",
+                sid, db_error(t->db));
         run->failed++;
         run->stop = true;
         return;
@@ -575,10 +588,17 @@ static int dry_run(struct dlq *t, const struct dlq_filter *f)
     return DLQ_EXIT_OK;
 }
 
-int dlq_replay(struct dlq *t, const struct dlq_filter *f)
+int dlq_replay(struct dlq *t, const struct dlq_filter *in)
 {
     if (t->cfg->dry_run)
-        return dry_run(t, f);
+        return dry_run(t, in);
+    /* Only dead letters archived before the replay started: one that
+     * arrives meanwhile (perhaps a replayed message failing again) waits
+     * for the next run instead of being chased. */
+    struct dlq_filter fs = *in;
+    const struct dlq_filter *f = &fs;
+    if (!fs.until_abs[0] && replay_time(t, fs.until_abs, sizeof fs.until_abs) != PAYQ_OK)
+        return dlq_db_error(t, "reading the clock");
     struct run run;
     memset(&run, 0, sizeof run);
     run.t = t;
@@ -657,8 +677,9 @@ int dlq_replay(struct dlq *t, const struct dlq_filter *f)
     printf("replayed %ld, skipped %ld, failed %ld", run.replayed, run.skipped, run.failed);
     if (not_tried)
         printf(", not attempted %ld%s", not_tried,
-               run.canary_failed ? " (stopped by the canary)"
-               : dlq_interrupted() ? " (interrupted)" : "");
+               run.canary_failed   ? " (stopped by the canary)"
+               : dlq_interrupted() ? " (interrupted)"
+                                   : "");
     printf("\n");
     if (run.failed || not_tried)
         rc = DLQ_EXIT_FAIL;
@@ -677,8 +698,8 @@ static int discard_preview(struct dlq *t, const struct dlq_filter *f, long *elig
     *eligible = 0;
     for (int i = 0, n = PQntuples(rows); i < n; i++) {
         const char *status = PQgetvalue(rows, i, COL_STATUS);
-        bool ok = strcmp(status, "dead") == 0 ||
-                  (t->cfg->force && strcmp(status, "discarded") != 0);
+        bool ok =
+            strcmp(status, "dead") == 0 || (t->cfg->force && strcmp(status, "discarded") != 0);
         if (!ok) {
             fprintf(stderr, "payq-dlq: %s %s: already %s at %s%s\n",
                     t->cfg->dry_run ? "would skip" : "skipped", PQgetvalue(rows, i, COL_SHORT),
@@ -738,8 +759,9 @@ int dlq_discard(struct dlq *t, const struct dlq_filter *f, const char *note)
         if (dlq_reconcile(t, &st) == PAYQ_OK) {
             dlq_print_sync(t, &st);
         } else {
-            fprintf(stderr, "payq-dlq: the rows are discarded, but their queue copies may still "
-                            "be in %s: run `payq-dlq sync` once the broker is reachable\n",
+            fprintf(stderr,
+                    "payq-dlq: the rows are discarded, but their queue copies may still "
+                    "be in %s: run `payq-dlq sync` once the broker is reachable\n",
                     t->cfg->queue);
             rc = DLQ_EXIT_FAIL;
         }

@@ -14,15 +14,18 @@
 #define TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
 
 /* In the order of enum dlq_col. */
-#define COLUMNS                                                                           \
-    "SELECT d.id::text, left(d.id::text, 8),"                                             \
-    " floor(extract(epoch FROM now() - d.created_at))::bigint, d.reason, d.routing_key,"  \
-    " d.business_id, d.message_id, d.attempts, d.status, d.exchange, d.message_key,"      \
-    " d.correlation_id, d.error, d.sqlstate, d.fingerprint, d.worker, " TS("d.first_failure_at") \
-    ", " TS("d.last_failure_at") ", d.properties::text, octet_length(d.body), d.redacted, " \
-    TS("d.resolved_at") ", d.resolved_by, d.resolution_note, " TS("d.created_at") ","     \
+/* clang-format off */
+#define COLUMNS                                                                          \
+    "SELECT d.id::text, left(d.id::text, 8),"                                            \
+    " floor(extract(epoch FROM now() - d.created_at))::bigint, d.reason, d.routing_key," \
+    " d.business_id, d.message_id, d.attempts, d.status, d.exchange, d.message_key,"     \
+    " d.correlation_id, d.error, d.sqlstate, d.fingerprint, d.worker, "                  \
+    TS("d.first_failure_at") ", " TS("d.last_failure_at") ","                            \
+    " d.properties::text, octet_length(d.body), d.redacted, "                            \
+    TS("d.resolved_at") ", d.resolved_by, d.resolution_note, " TS("d.created_at") ","    \
     " COALESCE(d.properties->'headers'->>'x-payq-user-id', d.properties->>'user_id', ''),"\
     " d.created_at::text, count(*) OVER ()"
+/* clang-format on */
 
 const char *dlq_val(const PGresult *r, int row, int col)
 {
@@ -44,8 +47,8 @@ int dlq_db_error(struct dlq *t, const char *what)
     return DLQ_EXIT_FAIL;
 }
 
-int dlq_query(struct dlq *t, const char *sql, int n, const char *const *params,
-              const int *lengths, const int *formats, PGresult **out)
+int dlq_query(struct dlq *t, const char *sql, int n, const char *const *params, const int *lengths,
+              const int *formats, PGresult **out)
 {
     PGresult *r = PQexecParams(db_conn(t->db), sql, n, NULL, params, lengths, formats, 0);
     ExecStatusType st = PQresultStatus(r);
@@ -85,8 +88,10 @@ bool dlq_filter_init(struct dlq_filter *f, const struct dlq_config *cfg, const c
                strcmp(st, "discarded") == 0) {
         f->status = st;
     } else {
-        fprintf(stderr, "payq-dlq: --status must be dead, replayed, discarded or all (got "
-                        "\"%s\")\n", st);
+        fprintf(stderr,
+                "payq-dlq: --status must be dead, replayed, discarded or all (got "
+                "\"%s\")\n",
+                st);
         return false;
     }
     f->reason = reason && *reason ? reason : NULL;
@@ -95,16 +100,20 @@ bool dlq_filter_init(struct dlq_filter *f, const struct dlq_config *cfg, const c
         fprintf(stderr, "payq-dlq: --routing-key is too long\n");
         return false;
     }
-    if (cfg->since && !dlq_parse_when(cfg->since, f->since_rel, sizeof f->since_rel,
-                                      f->since_abs, sizeof f->since_abs)) {
-        fprintf(stderr, "payq-dlq: --since: expected an RFC 3339 time (2026-11-27T16:00:00Z) "
-                        "or an age such as 30m, 2h, 7d; got \"%s\"\n", cfg->since);
+    if (cfg->since && !dlq_parse_when(cfg->since, f->since_rel, sizeof f->since_rel, f->since_abs,
+                                      sizeof f->since_abs)) {
+        fprintf(stderr,
+                "payq-dlq: --since: expected an RFC 3339 time (2026-11-27T16:00:00Z) "
+                "or an age such as 30m, 2h, 7d; got \"%s\"\n",
+                cfg->since);
         return false;
     }
-    if (cfg->until && !dlq_parse_when(cfg->until, f->until_rel, sizeof f->until_rel,
-                                      f->until_abs, sizeof f->until_abs)) {
-        fprintf(stderr, "payq-dlq: --until: expected an RFC 3339 time (2026-11-27T16:00:00Z) "
-                        "or an age such as 30m, 2h, 7d; got \"%s\"\n", cfg->until);
+    if (cfg->until && !dlq_parse_when(cfg->until, f->until_rel, sizeof f->until_rel, f->until_abs,
+                                      sizeof f->until_abs)) {
+        fprintf(stderr,
+                "payq-dlq: --until: expected an RFC 3339 time (2026-11-27T16:00:00Z) "
+                "or an age such as 30m, 2h, 7d; got \"%s\"\n",
+                cfg->until);
         return false;
     }
     f->grep = cfg->grep && *cfg->grep ? cfg->grep : NULL;
@@ -145,8 +154,7 @@ void dlq_filter_params(const struct dlq_filter *f, char *limit_buf, size_t len,
 
 int dlq_select(struct dlq *t, const struct dlq_filter *f, bool newest_first, PGresult **out)
 {
-    static const char oldest[] =
-        COLUMNS DLQ_WHERE " ORDER BY d.created_at, d.id LIMIT $10::bigint";
+    static const char oldest[] = COLUMNS DLQ_WHERE " ORDER BY d.created_at, d.id LIMIT $10::bigint";
     static const char newest[] =
         COLUMNS DLQ_WHERE " ORDER BY d.created_at DESC, d.id DESC LIMIT $10::bigint";
     char limit[32];
@@ -160,8 +168,7 @@ int dlq_select_page(struct dlq *t, const struct dlq_filter *f, const char *after
 {
     /* Keyset pagination: (created_at, id) is unique and indexed enough,
      * and a page never shifts when rows before the cursor change. */
-    static const char sql[] =
-        COLUMNS DLQ_WHERE
+    static const char sql[] = COLUMNS DLQ_WHERE
         "   AND ($11::timestamptz IS NULL OR (d.created_at, d.id) > ($11::timestamptz, $12::uuid))"
         " ORDER BY d.created_at, d.id LIMIT $10::bigint";
     char limit[32];
@@ -178,8 +185,10 @@ int dlq_body(struct dlq *t, const char *id, unsigned char **out, size_t *len)
 {
     const char *p[1] = { id };
     /* Binary result: the bytes themselves, not their hex text. */
-    PGresult *r = PQexecParams(db_conn(t->db), "SELECT body FROM payq.dead_letters"
-                               " WHERE id = $1::uuid", 1, NULL, p, NULL, NULL, 1);
+    PGresult *r = PQexecParams(db_conn(t->db),
+                               "SELECT body FROM payq.dead_letters"
+                               " WHERE id = $1::uuid",
+                               1, NULL, p, NULL, NULL, 1);
     if (PQresultStatus(r) != PGRES_TUPLES_OK)
         return db_fail(t->db, r);
     if (PQntuples(r) != 1) {
@@ -228,16 +237,18 @@ int dlq_resolve_ids(struct dlq *t, char **args, int n, struct dlq_filter *f)
     size_t count = 0;
     for (int i = 0; i < n; i++) {
         if (!id_ok(args[i])) {
-            fprintf(stderr, "payq-dlq: \"%s\" is not a dead-letter id: give the id from "
-                            "`payq-dlq list` (at least 4 hex digits, or the full uuid)\n",
+            fprintf(stderr,
+                    "payq-dlq: \"%s\" is not a dead-letter id: give the id from "
+                    "`payq-dlq list` (at least 4 hex digits, or the full uuid)\n",
                     args[i]);
             free(ids);
             return DLQ_EXIT_USAGE;
         }
         const char *p[1] = { args[i] };
         PGresult *r;
-        if (dlq_query(t, "SELECT id::text FROM payq.dead_letters"
-                         " WHERE id::text LIKE $1::text || '%' ORDER BY id LIMIT 3",
+        if (dlq_query(t,
+                      "SELECT id::text FROM payq.dead_letters"
+                      " WHERE id::text LIKE $1::text || '%' ORDER BY id LIMIT 3",
                       1, p, NULL, NULL, &r) != PAYQ_OK) {
             free(ids);
             return dlq_db_error(t, "looking up the id");
@@ -245,12 +256,13 @@ int dlq_resolve_ids(struct dlq *t, char **args, int n, struct dlq_filter *f)
         int rows = PQntuples(r);
         if (rows != 1) {
             if (rows == 0)
-                fprintf(stderr, "payq-dlq: no dead letter has an id starting with %s "
-                                "(`payq-dlq list --status all` shows every id)\n", args[i]);
+                fprintf(stderr,
+                        "payq-dlq: no dead letter has an id starting with %s "
+                        "(`payq-dlq list --status all` shows every id)\n",
+                        args[i]);
             else
                 fprintf(stderr, "payq-dlq: %s is ambiguous (%s, %s%s): give more of the id\n",
-                        args[i], PQgetvalue(r, 0, 0), PQgetvalue(r, 1, 0),
-                        rows > 2 ? ", ..." : "");
+                        args[i], PQgetvalue(r, 0, 0), PQgetvalue(r, 1, 0), rows > 2 ? ", ..." : "");
             PQclear(r);
             free(ids);
             return DLQ_EXIT_FAIL;

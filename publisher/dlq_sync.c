@@ -61,8 +61,10 @@ static char *pg_text(const void *bytes, size_t len)
     for (size_t i = 0; i < len;) {
         size_t n = 1;
         if (b[i] >= 0x80) {
-            n = (b[i] >= 0xC2 && b[i] <= 0xDF) ? 2 : (b[i] >= 0xE0 && b[i] <= 0xEF) ? 3
-                : (b[i] >= 0xF0 && b[i] <= 0xF4) ? 4 : 0;
+            n = (b[i] >= 0xC2 && b[i] <= 0xDF)   ? 2
+                : (b[i] >= 0xE0 && b[i] <= 0xEF) ? 3
+                : (b[i] >= 0xF0 && b[i] <= 0xF4) ? 4
+                                                 : 0;
             for (size_t k = 1; n && k < n; k++)
                 if (i + k >= len || (b[i + k] & 0xC0) != 0x80)
                     n = 0;
@@ -143,8 +145,8 @@ static bool poison(const amqp_basic_properties_t *p)
 /* The command's business id, when the body is a JSON object holding it. */
 static char *business_id(const char *rk, const amqp_bytes_t body)
 {
-    const char *field = strcmp(rk, "payment.refund") == 0   ? "refund_id"
-                        : strncmp(rk, "payment.", 8) == 0   ? "payment_id"
+    const char *field = strcmp(rk, "payment.refund") == 0    ? "refund_id"
+                        : strncmp(rk, "payment.", 8) == 0    ? "payment_id"
                         : strcmp(rk, "account.deposit") == 0 ? "deposit_id"
                         : strcmp(rk, "account.open") == 0    ? "account"
                                                              : NULL;
@@ -211,12 +213,15 @@ static int msg_facts(const struct mq_delivery *d, struct msg_facts *m)
     if (!m->error) {
         char buf[300];
         if (is_poison)
-            snprintf(buf, sizeof buf, "the broker dead-lettered it after %lld deliveries "
-                                      "(x-delivery-limit): it crashed or stalled every worker "
-                                      "that took it", (long long)n);
+            snprintf(buf, sizeof buf,
+                     "the broker dead-lettered it after %lld deliveries "
+                     "(x-delivery-limit): it crashed or stalled every worker "
+                     "that took it",
+                     (long long)n);
         else
-            snprintf(buf, sizeof buf, "found in the dead-letter queue without payq's "
-                                      "diagnostics (no x-payq-error header)");
+            snprintf(buf, sizeof buf,
+                     "found in the dead-letter queue without payq's "
+                     "diagnostics (no x-payq-error header)");
         m->error = strdup(buf);
     }
     m->first = header_time(p, "x-payq-first-failure-at");
@@ -270,10 +275,21 @@ static int archive_with_id(struct dlq *t, const struct mq_delivery *d, const cha
         return PAYQ_ERR_NOMEM;
     char worker[256];
     worker_name(t, worker, sizeof worker);
-    const char *p[15] = { id,         m.message_id, m.correlation_id, m.exchange, m.routing_key,
-                          m.business_id, m.reason,  m.error,          m.attempts,  m.first,
-                          m.last,     m.properties, (const char *)d->message.body.bytes,
-                          m.redacted ? "true" : "false", worker };
+    const char *p[15] = { id,
+                          m.message_id,
+                          m.correlation_id,
+                          m.exchange,
+                          m.routing_key,
+                          m.business_id,
+                          m.reason,
+                          m.error,
+                          m.attempts,
+                          m.first,
+                          m.last,
+                          m.properties,
+                          (const char *)d->message.body.bytes,
+                          m.redacted ? "true" : "false",
+                          worker };
     int lengths[15] = { 0 }, formats[15] = { 0 };
     lengths[12] = (int)d->message.body.len;
     formats[12] = 1;
@@ -300,10 +316,19 @@ static int archive_new(struct dlq *t, const struct mq_delivery *d, char *id, boo
         return PAYQ_ERR_NOMEM;
     char worker[256];
     worker_name(t, worker, sizeof worker);
-    const char *p[13] = { m.message_id, m.correlation_id, m.exchange, m.routing_key,
-                          m.business_id, m.reason, m.error, m.attempts, m.first, m.properties,
+    const char *p[13] = { m.message_id,
+                          m.correlation_id,
+                          m.exchange,
+                          m.routing_key,
+                          m.business_id,
+                          m.reason,
+                          m.error,
+                          m.attempts,
+                          m.first,
+                          m.properties,
                           m.redacted ? "true" : "false",
-                          (const char *)d->message.body.bytes, worker };
+                          (const char *)d->message.body.bytes,
+                          worker };
     int lengths[13] = { 0 }, formats[13] = { 0 };
     lengths[11] = (int)d->message.body.len;
     formats[11] = 1;
@@ -316,8 +341,8 @@ static int archive_new(struct dlq *t, const struct mq_delivery *d, char *id, boo
         PQclear(r);
         /* created_at defaults to now(), the transaction's start. */
         const char *q[1] = { id };
-        rc = dlq_query(t, "SELECT created_at = now() FROM payq.dead_letters WHERE id = $1::uuid",
-                       1, q, NULL, NULL, &r);
+        rc = dlq_query(t, "SELECT created_at = now() FROM payq.dead_letters WHERE id = $1::uuid", 1,
+                       q, NULL, NULL, &r);
         if (rc == PAYQ_OK) {
             *created = PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), "t") == 0;
             PQclear(r);
@@ -341,10 +366,11 @@ static int row_state(struct dlq *t, const char *id, const struct mq_delivery *d,
     char *last = header_time(p, "x-payq-last-failure-at");
     const char *q[3] = { id, replayed, last };
     PGresult *r;
-    int rc = dlq_query(t, "SELECT status, resolved_at IS NOT NULL AND"
-                          " (COALESCE($2::timestamptz >= resolved_at, false)"
-                          "  OR COALESCE($3::timestamptz > resolved_at, false))"
-                          " FROM payq.dead_letters WHERE id = $1::uuid",
+    int rc = dlq_query(t,
+                       "SELECT status, resolved_at IS NOT NULL AND"
+                       " (COALESCE($2::timestamptz >= resolved_at, false)"
+                       "  OR COALESCE($3::timestamptz > resolved_at, false))"
+                       " FROM payq.dead_letters WHERE id = $1::uuid",
                        3, q, NULL, NULL, &r);
     free(replayed);
     free(last);
@@ -479,9 +505,10 @@ int dlq_reconcile(struct dlq *t, struct dlq_sync_stats *st)
         int one = reconcile_one(t, d, st, &ack);
         if (one != PAYQ_OK) {
             st->errors++;
-            fprintf(stderr, "payq-dlq: could not reconcile a message of %s: %s; it stays in "
-                            "the queue\n", q,
-                    one == PAYQ_ERR_DB ? db_error(t->db) : payq_strerror(one));
+            fprintf(stderr,
+                    "payq-dlq: could not reconcile a message of %s: %s; it stays in "
+                    "the queue\n",
+                    q, one == PAYQ_ERR_DB ? db_error(t->db) : payq_strerror(one));
             if (one == PAYQ_ERR_DB) {
                 /* The next message would fail the same way: stop, and
                  * leave the rest where it is. */
@@ -725,7 +752,8 @@ int dlq_import(struct dlq *t, const char *path)
     if (!std_in)
         fclose(in);
     printf("imported %ld (%ld copies published to %s), already present %ld, invalid %ld, "
-           "failed %ld\n", c.imported, c.published, PAYQ_X_DLX, c.present, c.invalid, c.failed);
+           "failed %ld\n",
+           c.imported, c.published, PAYQ_X_DLX, c.present, c.invalid, c.failed);
     return rc == PAYQ_OK && !c.invalid && !c.failed && !dlq_interrupted() ? DLQ_EXIT_OK
                                                                           : DLQ_EXIT_FAIL;
 }

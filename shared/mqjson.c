@@ -7,14 +7,24 @@
 
 static json_t *field_to_json(const amqp_field_value_t *v);
 
+/* A JSON string of AMQP bytes; an empty value may have no buffer at all. */
+static json_t *bytes_json(amqp_bytes_t b)
+{
+    return b.len ? json_stringn_nocheck(b.bytes, b.len) : json_string("");
+}
+
 static json_t *table_to_json(const amqp_table_t *t)
 {
     json_t *o = json_object();
     for (int i = 0; o && i < t->num_entries; i++) {
         const amqp_table_entry_t *e = &t->entries[i];
-        char *key = strndup(e->key.bytes, e->key.len);
-        if (key)
-            json_object_set_new(o, key, field_to_json(&e->value));
+        char *key = malloc(e->key.len + 1);
+        if (!key)
+            break;
+        if (e->key.len)
+            memcpy(key, e->key.bytes, e->key.len);
+        key[e->key.len] = 0;
+        json_object_set_new(o, key, field_to_json(&e->value));
         free(key);
     }
     return o;
@@ -37,7 +47,7 @@ static json_t *field_to_json(const amqp_field_value_t *v)
     case AMQP_FIELD_KIND_F64: return json_real(v->value.f64);
     case AMQP_FIELD_KIND_UTF8:
     case AMQP_FIELD_KIND_BYTES:
-        return json_stringn_nocheck(v->value.bytes.bytes, v->value.bytes.len);
+        return bytes_json(v->value.bytes);
     case AMQP_FIELD_KIND_TABLE: return table_to_json(&v->value.table);
     case AMQP_FIELD_KIND_ARRAY: {
         json_t *a = json_array();
@@ -53,7 +63,7 @@ static void set_bytes(json_t *o, const char *name, amqp_flags_t flags, amqp_flag
                       amqp_bytes_t b)
 {
     if (flags & flag)
-        json_object_set_new(o, name, json_stringn_nocheck(b.bytes, b.len));
+        json_object_set_new(o, name, bytes_json(b));
 }
 
 json_t *mq_props_to_json(const amqp_basic_properties_t *p)
@@ -98,7 +108,8 @@ static int json_to_table(const json_t *j, amqp_pool_t *pool, amqp_table_t *t)
         amqp_pool_alloc_bytes(pool, strlen(key), &e->key);
         if (!e->key.bytes && key[0])
             return PAYQ_ERR_NOMEM;
-        memcpy(e->key.bytes, key, strlen(key));
+        if (key[0])
+            memcpy(e->key.bytes, key, strlen(key));
         int rc = json_to_field(val, pool, &e->value);
         if (rc != PAYQ_OK)
             return rc;
@@ -129,7 +140,8 @@ static int json_to_field(const json_t *j, amqp_pool_t *pool, amqp_field_value_t 
         amqp_pool_alloc_bytes(pool, n, &v->value.bytes);
         if (n && !v->value.bytes.bytes)
             return PAYQ_ERR_NOMEM;
-        memcpy(v->value.bytes.bytes, json_string_value(j), n);
+        if (n) /* an empty string has no buffer: memcpy(NULL, ..., 0) is undefined */
+            memcpy(v->value.bytes.bytes, json_string_value(j), n);
         return PAYQ_OK;
     }
     case JSON_OBJECT:
@@ -166,7 +178,8 @@ static int get_bytes(const json_t *o, const char *name, amqp_pool_t *pool, amqp_
     amqp_pool_alloc_bytes(pool, n, out);
     if (n && !out->bytes)
         return PAYQ_ERR_NOMEM;
-    memcpy(out->bytes, json_string_value(v), n);
+    if (n)
+        memcpy(out->bytes, json_string_value(v), n);
     p->_flags |= flag;
     return PAYQ_OK;
 }

@@ -89,7 +89,8 @@ $$;
 -- Records the final failure and the dead letter; returns the dead letter's
 -- id for the x-payq-dead-letter-id header. The id is derived from the
 -- message and its attempt, so a worker that dies after this and before its
--- ack records the same dead letter again, not a second one.
+-- ack records the same dead letter again, not a second one; and a replayed
+-- message that fails the same way again reopens its dead letter.
 CREATE FUNCTION payq.record_dead_letter(p_message_id text,
                                         p_correlation_id text, p_exchange text,
                                         p_routing_key text, p_business_id text, p_reason text,
@@ -111,7 +112,15 @@ BEGIN
             p_business_id, p_reason, p_error, NULLIF(p_sqlstate, ''), fp, p_attempts,
             COALESCE(p_first_failure_at, now()), now(), p_properties, p_body, p_redacted,
             p_worker)
-    ON CONFLICT (id) DO NOTHING;
+    ON CONFLICT (id) DO UPDATE
+        -- The same failure again after a replay or a discard: the dead
+        -- letter is open again, with the new diagnostics.
+        SET status = 'dead', resolved_at = NULL, resolved_by = NULL,
+            resolution_note = 'failed again after: ' ||
+                              COALESCE(payq.dead_letters.resolution_note, payq.dead_letters.status),
+            error = EXCLUDED.error, sqlstate = EXCLUDED.sqlstate,
+            last_failure_at = now(), properties = EXCLUDED.properties, worker = EXCLUDED.worker
+        WHERE payq.dead_letters.status <> 'dead';
     IF FOUND THEN
         INSERT INTO payq.failures (message_key, routing_key, business_id, attempt, kind, reason,
                                    error, sqlstate, fingerprint, worker)

@@ -12,7 +12,8 @@
 # Exits non-zero if any build or test failed. The stack is left running for
 # the next run (it takes ~10 s to start) unless PAYQ_STOP_STACK=1.
 #
-# Environment: PAYQ_SKIP_ASAN=1 skips step 3; PAYQ_STOP_STACK=1 stops the
+# 4. build-fuzz/  clang + libFuzzer: each fuzzer for PAYQ_FUZZ_SECONDS (30).
+# Environment: PAYQ_SKIP_ASAN=1 skips step 3, PAYQ_SKIP_FUZZ=1 step 4; PAYQ_STOP_STACK=1 stops the
 # stack at the end; PAYQ_BUILD_JOBS (default 2); the PAYQ_* port and
 # directory variables of tests/stack.sh. A leak suppression file, if the
 # project needs one, goes in tests/lsan.supp.
@@ -84,6 +85,19 @@ else
         export LSAN_OPTIONS=suppressions=$REPO/tests/lsan.supp:print_suppressions=0
     fi
     suite sanitizer "$REPO/build-asan" "${ASAN_ARGS[@]}" -- "$@"
+fi
+
+# Fuzzing: the libFuzzer harnesses (clang), each for PAYQ_FUZZ_SECONDS from
+# the seed corpus in tests/fuzz/corpus; a crash fails the run and leaves its
+# input in build-fuzz/tests/ (add it to the corpus once fixed).
+if [[ ${PAYQ_SKIP_FUZZ:-0} == 1 ]]; then
+    summary+=("$(printf '%-10s %-14s' fuzz 'skipped (PAYQ_SKIP_FUZZ=1)')")
+elif ! command -v clang >/dev/null; then
+    summary+=("$(printf '%-10s %-14s' fuzz 'skipped (no clang)')")
+    [[ ${CI:-} == true ]] && failed=1
+else
+    CC=clang suite fuzz "$REPO/build-fuzz" -DPAYQ_FUZZ=ON -DPAYQ_WERROR=ON \
+        -DPAYQ_FUZZ_SECONDS="${PAYQ_FUZZ_SECONDS:-30}" -- -L fuzz
 fi
 
 say "summary"

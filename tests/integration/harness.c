@@ -282,6 +282,16 @@ struct mq_delivery *h_dlq_take(const char *message_id, int timeout_ms)
                 p->message_id.len == strlen(message_id) &&
                 memcmp(p->message_id.bytes, message_id, p->message_id.len) == 0) {
                 assert_int_equal(mq_ack(mq, d->channel, d->tag, false), PAYQ_OK);
+                /* The copy is gone, so its archived row is resolved too. */
+                const char *id = h_header(d, "x-payq-dead-letter-id");
+                if (id[0]) {
+                    const char *p1[1] = { id };
+                    assert_string_equal(h_exec("UPDATE payq.dead_letters SET status = 'discarded',"
+                                               " resolved_at = now(), resolved_by = 'test',"
+                                               " resolution_note = 'taken by a test'"
+                                               " WHERE id = $1::uuid", 1, p1),
+                                        "");
+                }
                 found = d;
                 break;
             }

@@ -159,7 +159,8 @@ static void row_for(const char *message_id, char id[40])
     }
     snprintf(id, 40, "%s",
              h_text("SELECT id::text FROM payq.dead_letters WHERE message_id = $1"
-                    " ORDER BY created_at DESC LIMIT 1", 1, p));
+                    " ORDER BY created_at DESC LIMIT 1",
+                    1, p));
 }
 
 /* Messages ready in payq.dlq, once the count holds still (messages that a
@@ -227,8 +228,7 @@ static void make_dead_letter(const char *account, const char *message_id, char i
         "x-payq-reason", "retries_exhausted", "x-payq-error",
         "could not connect to the database (simulated by test_dlq)", "x-payq-attempts", 8,
         "x-payq-first-failure-at", first, "x-payq-last-failure-at", last,
-        "x-payq-original-exchange", "payq.commands", "x-payq-original-routing-key",
-        "account.open");
+        "x-payq-original-exchange", "payq.commands", "x-payq-original-routing-key", "account.open");
     assert_non_null(props);
     char *pj = json_dumps(props, JSON_COMPACT);
     assert_non_null(pj);
@@ -255,8 +255,8 @@ static void make_dead_letter(const char *account, const char *message_id, char i
     ap.headers.entries = e;
     ap.headers.num_entries = n + 1;
     uint64_t seq;
-    assert_int_equal(mq_publish(mq, PAYQ_X_DLX, "account.open", true, &ap, body, strlen(body),
-                                &seq), PAYQ_OK);
+    assert_int_equal(
+        mq_publish(mq, PAYQ_X_DLX, "account.open", true, &ap, body, strlen(body), &seq), PAYQ_OK);
     assert_int_equal(mq_wait_confirms(mq, seq, 10000), PAYQ_OK);
     empty_amqp_pool(&pool);
 }
@@ -271,7 +271,8 @@ static int64_t opened_events(const char *account)
 {
     const char *p[1] = { account };
     return h_int("SELECT count(*) FROM payq.outbox WHERE routing_key = 'account.opened'"
-                 " AND body->>'id' = $1", 1, p);
+                 " AND body->>'id' = $1",
+                 1, p);
 }
 
 static void wait_account(const char *account)
@@ -330,13 +331,15 @@ static void test_inspect(void **state)
     h_deposit(mq, h_id("dep"), alice, 1000, "USD");
     snprintf(body, sizeof body,
              "{\"payment_id\":\"%s\",\"amount\":100,\"currency\":\"USD\",\"source\":\"%s\","
-             "\"destination\":\"%s\",\"capture\":true}", pay, alice, shop);
+             "\"destination\":\"%s\",\"capture\":true}",
+             pay, alice, shop);
     r = h_call(mq, "payment.create", h_id("msg-pay-1"), body);
     assert_string_equal(h_status(r), "succeeded");
     json_decref(r);
     snprintf(body, sizeof body,
              "{\"payment_id\":\"%s\",\"amount\":101,\"currency\":\"USD\",\"source\":\"%s\","
-             "\"destination\":\"%s\",\"capture\":true}", pay, alice, shop);
+             "\"destination\":\"%s\",\"capture\":true}",
+             pay, alice, shop);
     r = h_call(mq, "payment.create", mid_conflict, body);
     assert_string_equal(h_code(r), "idempotency_conflict");
     json_decref(r);
@@ -356,7 +359,9 @@ static void test_inspect(void **state)
     char *out;
     const char *prefix = h_id("");
     assert_true(exited(run_dlq(&out, NULL, "list", "--grep", prefix, NULL), 0));
-    struct { const char *id, *reason, *rk, *mid; } want[] = {
+    struct {
+        const char *id, *reason, *rk, *mid;
+    } want[] = {
         { junk_id, "malformed_json", "payment.create", mid_junk },
         { conflict_id, "idempotency_conflict", "payment.create", mid_conflict },
         { unknown_id, "unknown_command", "payment.teleport", mid_unknown },
@@ -381,8 +386,9 @@ static void test_inspect(void **state)
     free(out);
 
     /* Filters narrow it down. */
-    assert_true(exited(run_dlq(&out, NULL, "list", "--grep", prefix, "--reason",
-                               "unknown_command", "--since", "10m", NULL), 0));
+    assert_true(exited(run_dlq(&out, NULL, "list", "--grep", prefix, "--reason", "unknown_command",
+                               "--since", "10m", NULL),
+                       0));
     assert_null(strstr(out, s1));
     assert_non_null(strstr(out, s3));
     free(out);
@@ -453,12 +459,15 @@ static void test_replay(void **state)
     const char *p[1] = { id };
     assert_string_equal(h_text("SELECT status || '|' || (resolved_at IS NOT NULL) || '|'"
                                " || (resolved_by IS NOT NULL) || '|' || resolution_note"
-                               " FROM payq.dead_letters WHERE id = $1::uuid", 1, p),
+                               " FROM payq.dead_letters WHERE id = $1::uuid",
+                               1, p),
                         "replayed|true|true|replayed to payq.commands with routing key "
                         "account.open");
     const char *q[1] = { mid };
     assert_string_equal(h_text("SELECT reply->>'status' FROM payq.inbox"
-                               " WHERE scope = '' AND message_id = $1", 1, q), "succeeded");
+                               " WHERE scope = '' AND message_id = $1",
+                               1, q),
+                        "succeeded");
     assert_int_equal(dlq_copies(id), 0);
 
     /* Again: already replayed, so skipped; nothing is published. */
@@ -516,13 +525,15 @@ static void test_canary(void **state)
     free(out);
     const char *p[1] = { conflict_id };
     assert_string_equal(h_text("SELECT status || '|' || resolution_note FROM payq.dead_letters"
-                               " WHERE id = $1::uuid", 1, p),
+                               " WHERE id = $1::uuid",
+                               1, p),
                         "dead|canary replay failed: rejected again (the stored reply is "
                         "\"rejected\")");
     const char *q[1] = { unknown_id };
     assert_string_equal(h_text("SELECT status || '|' || (resolved_at IS NULL)"
                                " || '|' || (resolution_note IS NULL)"
-                               " FROM payq.dead_letters WHERE id = $1::uuid", 1, q),
+                               " FROM payq.dead_letters WHERE id = $1::uuid",
+                               1, q),
                         "dead|true|true");
     /* The rejected replay is dead-lettered again by the worker, under the
      * same row; the row stays dead (reconciling keeps its copies). */
@@ -541,7 +552,8 @@ static void test_canary(void **state)
     assert_true(exited(run_dlq(NULL, NULL, "sync", NULL), 0));
     assert_string_equal(h_text("SELECT status || '|' || (resolution_note LIKE"
                                " 'failed again after it was replayed at %')"
-                               " FROM payq.dead_letters WHERE id = $1::uuid", 1, q),
+                               " FROM payq.dead_letters WHERE id = $1::uuid",
+                               1, q),
                         "dead|true");
     assert_true(dlq_copies(unknown_id) >= 1);
 }
@@ -553,8 +565,8 @@ static void test_export_import(void **state)
     (void)state;
     char *out;
     const char *prefix = h_id("");
-    assert_true(exited(run_dlq(&out, NULL, "export", "--grep", prefix, "--status", "all", NULL),
-                       0));
+    assert_true(
+        exited(run_dlq(&out, NULL, "export", "--grep", prefix, "--status", "all", NULL), 0));
     const char *p[1] = { prefix };
     int64_t rows = h_int("SELECT count(*) FROM payq.dead_letters"
                          " WHERE position(convert_to($1, 'UTF8') IN body) > 0"
@@ -579,7 +591,9 @@ static void test_export_import(void **state)
         assert_null(json_object_get(j, "body"));
         const char *q[2] = { id, b64 };
         assert_int_equal(h_int("SELECT count(*) FROM payq.dead_letters WHERE id = $1::uuid"
-                               " AND body = decode($2, 'base64')", 2, q), 1);
+                               " AND body = decode($2, 'base64')",
+                               2, q),
+                         1);
         if (strcmp(id, junk_id) == 0)
             junk_line = strdup(line);
         json_decref(j);
@@ -634,19 +648,22 @@ static void test_discard(void **state)
     const char *p[1] = { junk_id };
     assert_string_equal(h_text("SELECT status || '|' || resolution_note || '|'"
                                " || (resolved_at IS NOT NULL)"
-                               " FROM payq.dead_letters WHERE id = $1::uuid", 1, p),
+                               " FROM payq.dead_letters WHERE id = $1::uuid",
+                               1, p),
                         "discarded|test|true");
     assert_int_equal(dlq_copies(junk_id), 0);
 
     /* Everything left of this run. */
     const char *prefix = h_id("");
-    assert_true(exited(run_dlq(&out, NULL, "discard", "--grep", prefix, "--reason",
-                               "test_dlq cleanup", NULL), 0));
+    assert_true(exited(
+        run_dlq(&out, NULL, "discard", "--grep", prefix, "--reason", "test_dlq cleanup", NULL), 0));
     free(out);
     const char *q[1] = { prefix };
     assert_int_equal(h_int("SELECT count(*) FROM payq.dead_letters WHERE status = 'dead'"
                            " AND (position(convert_to($1, 'UTF8') IN body) > 0"
-                           "      OR strpos(message_id, $1) > 0)", 1, q), 0);
+                           "      OR strpos(message_id, $1) > 0)",
+                           1, q),
+                     0);
     assert_int_equal(dlq_copies(conflict_id), 0);
     assert_int_equal(dlq_copies(unknown_id), 0);
 }
@@ -654,12 +671,9 @@ static void test_discard(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_inspect),
-        cmocka_unit_test(test_replay),
-        cmocka_unit_test(test_replay_killed),
-        cmocka_unit_test(test_canary),
-        cmocka_unit_test(test_export_import),
-        cmocka_unit_test(test_discard),
+        cmocka_unit_test(test_inspect),       cmocka_unit_test(test_replay),
+        cmocka_unit_test(test_replay_killed), cmocka_unit_test(test_canary),
+        cmocka_unit_test(test_export_import), cmocka_unit_test(test_discard),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
