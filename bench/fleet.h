@@ -43,7 +43,7 @@ double fleet_cpu_seconds(const struct fleet *f);
 
 /* SIGTERM to every live worker, then waits (SIGKILL after 30 s). Returns
  * true when all exited with status 0; describes the first that did not in
- * note. */
+ * note. Calling it again signals nobody and returns the same verdict. */
 bool fleet_stop(struct fleet *f, char *note, size_t notelen);
 
 #endif

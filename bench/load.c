@@ -208,11 +208,19 @@ static void on_reply(struct state *st, struct mq_delivery *d)
     mq_delivery_free(d);
 }
 
-/* Handles replies for up to wait_ns (returns early once some came). */
+/*
+ * Handles replies for up to wait_ns (returns early once some came).
+ *
+ * mq waits in whole milliseconds and truncates twice, so mq_next(1) may not
+ * block at all (a busy loop) while mq_next(k >= 2) blocks at least ~k - 1 ms.
+ * Waits under 2 ms are therefore slept instead, at most 1 ms at a time: a
+ * reply is never left unread for more than a millisecond, publishes are
+ * never early, and the loop never spins.
+ */
 static int drain(struct state *st, int64_t wait_ns)
 {
     struct mq_delivery *d;
-    int ms = (int)(wait_ns / MS), n = 0;
+    int ms = wait_ns >= 2 * MS ? (int)(wait_ns / MS) : 0, n = 0;
     int rc = mq_next(st->mq, ms, &d);
     while (rc == PAYQ_OK) {
         on_reply(st, d);
@@ -225,7 +233,7 @@ static int drain(struct state *st, int64_t wait_ns)
         return rc;
     }
     if (n == 0 && ms == 0 && wait_ns > 0)
-        sleep_ns(wait_ns); /* mq waits in whole milliseconds; the rest is slept */
+        sleep_ns(wait_ns < MS ? wait_ns : MS);
     return PAYQ_OK;
 }
 
@@ -325,7 +333,10 @@ int load_run(mq_t *mq, const struct load_spec *s, struct load_result *r)
                 if (now >= grace_end)
                     break;
             }
-            if (now - last_pub >= s->reply_timeout_ms * MS)
+            /* Missing: no reply came for reply_timeout since the last
+             * publish (or the last reply, while a backlog drains). */
+            if (now - (st.last_reply > last_pub ? st.last_reply : last_pub) >=
+                s->reply_timeout_ms * MS)
                 break;
         }
 

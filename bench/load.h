@@ -52,7 +52,8 @@ struct load_spec {
     long rate;             /* commands per second; 0 = closed loop */
     long max_inflight;     /* closed loop: commands without a reply at most */
     long window;           /* unconfirmed publishes at most */
-    long reply_timeout_ms; /* after the last publish: the rest are missing */
+    long reply_timeout_ms; /* no reply for this long after the last publish (or the
+                            * last reply, while a backlog drains): the rest are missing */
     long grace_ms;         /* after the last reply: keep listening for duplicates */
     int progress_ms;       /* a progress line on stderr this often; 0 = none */
     load_build_fn build;

@@ -90,7 +90,9 @@ static const struct cfg_opt options[] = {
     OPT("max-inflight", "PAYQ_BENCH_MAX_INFLIGHT", CFG_INT, "1000", 1, 1000000, max_inflight, "N",
         "commands without a reply, at most, when --rate is 0 and during setup"),
     OPT("reply-timeout", "PAYQ_BENCH_REPLY_TIMEOUT", CFG_INT, "30", 1, 600, reply_timeout, "SEC",
-        "after the last publish of a phase, how long to wait for the missing replies"),
+        "after the last publish of a phase, how long to wait for a reply before the "
+        "outstanding commands count as missing (each reply restarts the wait, so a backlog "
+        "drains)"),
     OPT("seed", "PAYQ_BENCH_SEED", CFG_INT, "0", 0, 9007199254740991L, seed, "N",
         "seed of the workload generator (0 = a new one, printed)"),
     OPT("spawn-workers", "PAYQ_BENCH_SPAWN_WORKERS", CFG_INT, "1", 0, FLEET_MAX, spawn_workers, "P",
@@ -110,8 +112,8 @@ static const struct cfg_opt options[] = {
     OPT("worker", "PAYQ_BENCH_WORKER", CFG_STR, NULL, 0, 0, worker, "PATH",
         "payq-worker to spawn and to run `check` with (default: the one next to payq-bench)"),
     OPT("log-dir", "PAYQ_BENCH_LOG_DIR", CFG_STR, NULL, 0, 0, log_dir, "DIR",
-        "where spawned workers log (payq-bench-<run id>-worker<k>.log; default $TMPDIR or "
-        "/tmp)"),
+        "where spawned workers log (payq-bench-<run id>-worker<k>.log, deleted after a run "
+        "that passed; default $TMPDIR or /tmp)"),
     OPT("no-check", "PAYQ_BENCH_NO_CHECK", CFG_BOOL, NULL, 0, 0, no_check, NULL,
         "skip `payq-worker check` (it checks the whole database, which takes longer as it "
         "grows); the run's own checks still run"),
@@ -268,8 +270,11 @@ static int validate(struct bench_config *cfg, double *zipf_s, enum dist_kind *ki
     return PAYQ_OK;
 }
 
-/* Runs `payq-worker check`: its verdict, exit code and summary line. */
-static void run_checker(const struct bench_config *cfg, const char *worker, struct report *r)
+/*
+ * Runs `payq-worker check` once: false when it could not finish (no "OK:" or
+ * "FAILED:" summary, e.g. the database restarted under it).
+ */
+static bool check_once(const struct bench_config *cfg, const char *worker, struct report *r)
 {
     char *argv[] = { (char *)(uintptr_t)worker, "check", NULL };
     struct procs_env env = { cfg->amqp_url, cfg->database_url };
@@ -281,24 +286,37 @@ static void run_checker(const struct bench_config *cfg, const char *worker, stru
         r->checker = CHECK_FAILED;
         r->checker_exit = -1;
         snprintf(r->checker_line, sizeof r->checker_line, "cannot run %.200s", worker);
-        return;
+        return true;
     }
     r->checker_s = now_s() - t;
     r->checker_exit = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     r->checker = r->checker_exit == 0 ? CHECK_OK : CHECK_FAILED;
     /* Its summary is the line starting "OK:" or "FAILED:"; else the last line. */
     const char *line = NULL, *last = out;
-    for (const char *p = out; *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : p + strlen(p)) {
+    for (const char *p = out; *p;) {
         if (*p != '\n')
             last = p;
         if (strncmp(p, "OK:", 3) == 0 || strncmp(p, "FAILED:", 7) == 0)
             line = p;
+        const char *nl = strchr(p, '\n');
+        p = nl ? nl + 1 : p + strlen(p);
     }
-    if (!line)
-        line = last;
-    snprintf(r->checker_line, sizeof r->checker_line, "%.*s", (int)strcspn(line, "\n"), line);
+    snprintf(r->checker_line, sizeof r->checker_line, "%.*s",
+             (int)strcspn(line ? line : last, "\n"), line ? line : last);
     if (r->checker == CHECK_FAILED)
         fprintf(stderr, "payq-bench: payq-worker check failed; its output:\n%s\n", out);
+    return line != NULL;
+}
+
+/* The checker's verdict; a run that could not finish is tried once more. */
+static void run_checker(const struct bench_config *cfg, const char *worker, struct report *r)
+{
+    if (check_once(cfg, worker, r) || r->checker_exit < 0)
+        return;
+    fprintf(stderr, "payq-bench: payq-worker check did not finish; trying again in 2 s\n");
+    struct timespec ts = { 2, 0 };
+    nanosleep(&ts, NULL);
+    (void)check_once(cfg, worker, r);
 }
 
 /* Runs one setup phase; false (with the reason on stderr) unless every
@@ -517,7 +535,11 @@ static int measure(struct run *run, struct report *rep)
                            .stop = &stop_requested };
     uint64_t busy0 = 0, total0 = 0, busy1 = 0, total1 = 0;
     bool host = procs_host_cpu(&busy0, &total0) == PAYQ_OK;
-    double self0 = self_cpu_s(), workers0 = fleet_cpu_seconds(&run->fleet), t0 = now_s();
+    double self0 = self_cpu_s(), workers0 = fleet_cpu_seconds(&run->fleet);
+    static struct procs_sample broker0, broker1, database0, database1;
+    procs_sample_named("beam.smp", &broker0);
+    procs_sample_named("postgres", &database0);
+    double t0 = now_s();
     if (cfg->rate > 0)
         fprintf(stderr, "payq-bench: measuring: %ld payments/s %s %ld %s\n", cfg->rate,
                 cfg->count ? "until" : "for", cfg->count ? cfg->count : cfg->duration,
@@ -531,6 +553,10 @@ static int measure(struct run *run, struct report *rep)
     host = host && procs_host_cpu(&busy1, &total1) == PAYQ_OK && total1 > total0;
     rep->bench_cpu = wall > 0 ? 100 * (self_cpu_s() - self0) / wall : 0;
     rep->workers_cpu = wall > 0 ? 100 * (fleet_cpu_seconds(&run->fleet) - workers0) / wall : 0;
+    procs_sample_named("beam.smp", &broker1);
+    procs_sample_named("postgres", &database1);
+    rep->broker_cpu = wall > 0 ? 100 * procs_sample_delta(&broker0, &broker1) / wall : 0;
+    rep->database_cpu = wall > 0 ? 100 * procs_sample_delta(&database0, &database1) / wall : 0;
     rep->host_cores = sysconf(_SC_NPROCESSORS_ONLN);
     rep->host_busy = host ? 100.0 * (double)(busy1 - busy0) / (double)(total1 - total0) : 0;
     if (rc != PAYQ_OK) {
@@ -558,11 +584,19 @@ static void verify(struct run *run, struct report *rep)
     if (run->fleet.n) {
         bool clean = fleet_stop(&run->fleet, rep->workers_note, sizeof rep->workers_note);
         rep->workers = clean ? CHECK_OK : CHECK_FAILED;
-        run->fleet.n = 0;
     }
-    rep->ledger_read = verify_read(run->db, run->prefix, BENCH_CURRENCY, &rep->v) == PAYQ_OK;
+    int st = verify_read(run->db, run->prefix, BENCH_CURRENCY, &rep->v);
+    if (st != PAYQ_OK && !db_ok(run->db)) {
+        /* The database restarted during the run: one new connection. */
+        db_close(run->db);
+        run->db = NULL;
+        if (connect_db(run) == PAYQ_OK)
+            st = verify_read(run->db, run->prefix, BENCH_CURRENCY, &rep->v);
+    }
+    rep->ledger_read = st == PAYQ_OK;
     if (!rep->ledger_read)
-        snprintf(rep->ledger_error, sizeof rep->ledger_error, "%s", db_error(run->db));
+        snprintf(rep->ledger_error, sizeof rep->ledger_error, "%s",
+                 run->db ? db_error(run->db) : "no connection to PostgreSQL");
     report_judge(rep);
     if (!run->cfg.no_check)
         run_checker(&run->cfg, run->worker, rep);
@@ -682,5 +716,12 @@ int main(int argc, char **argv)
     rc = report_ok(&rep) ? EXIT_PASSED : EXIT_CHECK_FAILED;
 out:
     run_free(&run);
+    /* Worker logs (a line per command at info) are kept only when needed. */
+    for (int k = 0; k < run.fleet.n; k++) {
+        if (rc == EXIT_PASSED)
+            unlink(run.fleet.log[k]);
+        else
+            fprintf(stderr, "payq-bench: worker log kept: %s\n", run.fleet.log[k]);
+    }
     return rc;
 }

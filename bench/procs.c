@@ -3,6 +3,7 @@
  */
 #include "procs.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -146,6 +147,49 @@ double procs_cpu_seconds(pid_t pid)
         return -1;
     long hz = sysconf(_SC_CLK_TCK);
     return hz > 0 ? (double)(utime + stime) / (double)hz : -1;
+}
+
+void procs_sample_named(const char *comm, struct procs_sample *out)
+{
+    out->n = 0;
+    DIR *dir = opendir("/proc");
+    if (!dir)
+        return;
+    struct dirent *e;
+    while ((e = readdir(dir)) && out->n < PROCS_SAMPLE_MAX) {
+        char *end;
+        long pid = strtol(e->d_name, &end, 10);
+        if (*end || pid <= 0)
+            continue;
+        char path[64], name[64] = "";
+        snprintf(path, sizeof path, "/proc/%ld/comm", pid);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        if (fgets(name, sizeof name, f))
+            name[strcspn(name, "\n")] = 0;
+        fclose(f);
+        double cpu;
+        if (strcmp(name, comm) == 0 && (cpu = procs_cpu_seconds((pid_t)pid)) >= 0) {
+            out->pid[out->n] = (pid_t)pid;
+            out->cpu[out->n++] = cpu;
+        }
+    }
+    closedir(dir);
+}
+
+double procs_sample_delta(const struct procs_sample *before, const struct procs_sample *after)
+{
+    double sum = 0;
+    for (int i = 0; i < after->n; i++) {
+        double start = 0;
+        for (int j = 0; j < before->n; j++)
+            if (before->pid[j] == after->pid[i])
+                start = before->cpu[j];
+        if (after->cpu[i] > start)
+            sum += after->cpu[i] - start;
+    }
+    return sum;
 }
 
 int procs_host_cpu(uint64_t *busy, uint64_t *total)

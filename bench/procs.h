@@ -43,6 +43,23 @@ int procs_run(char *const argv[], const struct procs_env *env, char *out, size_t
 /* User + system CPU seconds of a live process, all its threads; -1 if unknown. */
 double procs_cpu_seconds(pid_t pid);
 
+/* CPU seconds of every live process with one name, by pid. */
+#define PROCS_SAMPLE_MAX 512
+struct procs_sample {
+    int n;
+    pid_t pid[PROCS_SAMPLE_MAX];
+    double cpu[PROCS_SAMPLE_MAX];
+};
+
+/* Samples the processes whose name (/proc/PID/comm) is `comm`, e.g.
+ * "postgres" or "beam.smp": the database and the broker when they run on
+ * this host. */
+void procs_sample_named(const char *comm, struct procs_sample *out);
+
+/* CPU seconds used between two samples: per pid, so processes that started
+ * in between count whole and those that ended in between are left out. */
+double procs_sample_delta(const struct procs_sample *before, const struct procs_sample *after);
+
 /* CPU time of the whole host so far (jiffies): busy and total. */
 int procs_host_cpu(uint64_t *busy, uint64_t *total) PAYQ_MUSTCHECK;
 

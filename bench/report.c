@@ -155,12 +155,21 @@ static void print_measured(const struct report *r, FILE *out)
         fprintf(out, "  send lag          max %.2f ms, mean %.3f ms behind schedule\n",
                 m->lag_max_ms, m->lag_mean_ms);
     print_outcomes(m, out);
-    fprintf(out, "  cpu               bench %.0f%% of a core", r->bench_cpu);
+    /* Broker and database are seen only when they run on this host; their
+     * numbers include whatever else they served meanwhile. */
+    fprintf(out, "  cpu, %% of a core  bench %.0f", r->bench_cpu);
     if (r->cfg->spawn_workers > 0)
-        fprintf(out, ", spawned workers %.0f%%", r->workers_cpu);
-    if (r->host_cores > 0)
-        fprintf(out, ", host %.0f%% busy (%ld cores)", r->host_busy, r->host_cores);
+        fprintf(out, ", spawned workers %.0f", r->workers_cpu);
+    if (r->broker_cpu > 0)
+        fprintf(out, ", RabbitMQ (beam.smp) %.0f", r->broker_cpu);
+    if (r->database_cpu > 0)
+        fprintf(out, ", PostgreSQL (all postgres processes) %.0f", r->database_cpu);
     fprintf(out, "\n");
+    if (r->host_cores > 0)
+        fprintf(out,
+                "  host              %.0f%% of its %ld cores busy (everything running on it, "
+                "not only payq)\n",
+                r->host_busy, r->host_cores);
 }
 
 static void print_checks(const struct report *r, FILE *out)
@@ -268,6 +277,8 @@ static void print_result(const struct report *r, FILE *out)
     json_object_set_new(o, "bench_cpu_pct", num(r->bench_cpu));
     json_object_set_new(o, "workers_cpu_pct", c->spawn_workers ? num(r->workers_cpu) : json_null());
     json_object_set_new(o, "host_cpu_pct", num(r->host_busy));
+    json_object_set_new(o, "broker_cpu_pct", num(r->broker_cpu));
+    json_object_set_new(o, "database_cpu_pct", num(r->database_cpu));
     json_object_set_new(o, "seed", json_integer((json_int_t)r->seed));
     json_object_set_new(checks, "replies", check_json(r->replies));
     json_object_set_new(checks, "money_conserved", check_json(r->conserved));

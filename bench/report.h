@@ -38,6 +38,7 @@ struct report {
     struct stats_latency lat;
     double throughput;
     double bench_cpu, workers_cpu, host_busy; /* percent of one core; host: of all cores */
+    double broker_cpu, database_cpu; /* beam.smp and postgres on this host, percent of a core */
     long host_cores;
 
     /* Checks. */
