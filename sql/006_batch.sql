@@ -19,9 +19,9 @@ DECLARE
     ids text[];
 BEGIN
     SELECT array_agg(DISTINCT x ORDER BY x) INTO ids
-      FROM jsonb_array_elements(p_commands) AS e(c),
-           LATERAL (VALUES (c->'body'->>'account'), (c->'body'->>'source'),
-                           (c->'body'->>'destination')) AS v(x)
+      FROM jsonb_array_elements(p_commands) AS e(cmd),
+           LATERAL (VALUES (cmd->'body'->>'account'), (cmd->'body'->>'source'),
+                           (cmd->'body'->>'destination')) AS v(x)
      WHERE x IS NOT NULL AND NOT starts_with(x, 'tok_');
     PERFORM 1 FROM payq.accounts WHERE id = ANY(ids) ORDER BY id FOR UPDATE;
 

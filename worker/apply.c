@@ -345,6 +345,10 @@ void apply_batch(db_t *db, struct mq_delivery *const *ds, size_t n,
 
     json_t *results = NULL;
     int rc = m > 0 ? call_batch(db, pcs, idx, m, &results) : PAYQ_OK;
+    if (rc != PAYQ_OK && db_ok(db))
+        log_warn("a batch of %zu failed as a whole (%s: %s); applying its commands one by one",
+                 m, rc == PAYQ_ERR_DB ? db_sqlstate(db) : payq_strerror(rc),
+                 rc == PAYQ_ERR_DB ? db_error(db) : "");
     if (m > 0 && rc == PAYQ_OK)
         fault_hit(opts->fault, "after_commit");
     for (size_t k = 0; k < m; k++) {
