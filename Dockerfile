@@ -10,7 +10,7 @@ FROM debian:12 AS build
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         cmake gcc libc6-dev make pkg-config \
-        librabbitmq-dev libpq-dev libjansson-dev \
+        librabbitmq-dev libpq-dev libjansson-dev libmicrohttpd-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -22,7 +22,7 @@ RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPAYQ_TESTS=OFF \
 FROM debian:12-slim
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        librabbitmq4 libpq5 libjansson4 ca-certificates \
+        librabbitmq4 libpq5 libjansson4 libmicrohttpd12 ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --user-group --uid 10001 --home-dir /nonexistent \
         --no-create-home --shell /usr/sbin/nologin payq
@@ -33,5 +33,7 @@ COPY --from=build /staging/usr/local/ /usr/local/
 ENV PAYQ_SQL_DIR=/usr/local/share/payq/sql
 USER payq
 # The worker drains on SIGTERM (stop consuming, finish in-flight work, exit 0).
+# Prometheus /metrics, /healthz, /readyz (PAYQ_METRICS_ADDRESS=0.0.0.0 to reach it).
+EXPOSE 9464
 STOPSIGNAL SIGTERM
 CMD ["payq-worker", "run"]

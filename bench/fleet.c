@@ -71,6 +71,8 @@ int fleet_start(struct fleet *f, const struct bench_config *cfg, const char *wor
     /* Without --batch the list ends at its NULL: the worker's own default. */
     char *argv[] = { (char *)(uintptr_t)worker,
                      "run",
+                     "--metrics-port", /* several workers on one host: no shared port */
+                     "0",
                      "--threads",
                      threads,
                      "--prefetch",

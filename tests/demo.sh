@@ -44,7 +44,7 @@ trap stop_workers EXIT
 
 echo "==> starting 2 worker processes (logs: $LOGS/worker-*.log)" >&2
 for i in 1 2; do
-  "$WORKER" run --threads 2 >"$LOGS/worker-$i.log" 2>&1 &
+  "$WORKER" run --threads 2 --metrics-port $((9463 + i)) >"$LOGS/worker-$i.log" 2>&1 &
   pids+=("$!")
 done
 for i in 1 2; do

@@ -47,7 +47,7 @@ DB_NAME=payq
 
 PACKAGES=(rabbitmq-server postgresql postgresql-client librabbitmq-dev libpq-dev
           libjansson-dev libcmocka-dev amqp-tools cmake gcc libc6-dev pkg-config
-          make curl jq clang libclang-rt-14-dev)
+          make curl jq clang libclang-rt-14-dev libmicrohttpd-dev)
 
 RMQ_BIN=/usr/lib/rabbitmq/bin
 PG_BIN=/usr/lib/postgresql/15/bin

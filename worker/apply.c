@@ -11,6 +11,7 @@
 
 #include "cmd.h"
 #include "log.h"
+#include "metrics.h"
 
 /* In-process retries of a serialization failure or deadlock before the
  * command goes to a delay tier. */
@@ -68,10 +69,12 @@ static int call_apply(db_t *db, const char *scope, const char *message_id, const
 {
     const char *params[6] = { scope, message_id, cmd_type_name(cmd->type), body,
                               correlation_id, answer };
+    double t0 = metrics_now();
     PGresult *res = PQexecParams(db_conn(db),
                                  "SELECT payq.apply_command($1, $2, $3, $4::jsonb, $5,"
                                  " $6::jsonb)::text",
                                  6, NULL, params, NULL, NULL, 0);
+    metrics_db_tx(metrics_now() - t0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
         return db_fail(db, PQresultStatus(res) == PGRES_TUPLES_OK ? NULL : res);
     *result = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
@@ -309,8 +312,10 @@ static int call_batch(db_t *db, struct prepared *pcs, const size_t *idx, size_t 
     if (!text)
         return PAYQ_ERR_NOMEM;
     const char *params[1] = { text };
+    double t0 = metrics_now();
     PGresult *res = PQexecParams(db_conn(db), "SELECT payq.apply_batch($1::jsonb)::text", 1,
                                  NULL, params, NULL, NULL, 0);
+    metrics_db_tx(metrics_now() - t0);
     free(text);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
         return db_fail(db, PQresultStatus(res) == PGRES_TUPLES_OK ? NULL : res);

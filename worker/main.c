@@ -21,6 +21,7 @@
 
 #include "config.h"
 #include "db.h"
+#include "http.h"
 #include "log.h"
 #include "relay.h"
 #include "report.h"
@@ -85,6 +86,11 @@ static const struct cfg_opt options[] = {
         "publishes at a time across all workers; the others stand by)"),
     OPT("relay-batch", "PAYQ_RELAY_BATCH", CFG_INT, "500", 1, 10000, relay_batch, "N",
         "outbox events the relay publishes per batch (one confirm wait, one UPDATE)"),
+    OPT("metrics-port", "PAYQ_METRICS_PORT", CFG_INT, "9464", 0, 65535, metrics_port, "PORT",
+        "HTTP port of /metrics (Prometheus), /healthz and /readyz; 0 = off. Each worker "
+        "process on a host needs its own"),
+    OPT("metrics-address", "PAYQ_METRICS_ADDRESS", CFG_STR, "127.0.0.1", 0, 0, metrics_address,
+        "IP", "numeric IPv4 or IPv6 address the metrics port listens on (0.0.0.0 or :: for all)"),
     OPT("sql-dir", "PAYQ_SQL_DIR", CFG_STR, NULL, 0, 0, sql_dir, "DIR",
         "directory of the SQL migrations (default: the source tree's sql/, else "
         "/usr/local/share/payq/sql)"),
@@ -203,6 +209,18 @@ static int run(const struct worker_config *cfg)
         log_error("--fault must be POINT or POINT:N");
         return 2;
     }
+    shared.health = http_health_new((int)cfg->threads);
+    if (!shared.health) {
+        log_error("out of memory");
+        return 1;
+    }
+    /* After pthread_sigmask: the server's thread inherits the mask. */
+    http_server_t *http = NULL;
+    int rc = http_start(cfg->metrics_address, (int)cfg->metrics_port, shared.health, &http);
+    if (rc != PAYQ_OK) {
+        http_health_free(shared.health);
+        return rc == PAYQ_ERR_INVALID ? 2 : 1; /* a bad address is a configuration error */
+    }
     struct relay_arg relay = { &shared };
     long want = cfg->threads + (cfg->no_relay ? 0 : 1); /* the relay is the last thread */
     pthread_t *tids = calloc((size_t)want, sizeof *tids);
@@ -210,6 +228,8 @@ static int run(const struct worker_config *cfg)
     if (!tids || !args) {
         free(tids);
         free(args);
+        http_stop(http);
+        http_health_free(shared.health);
         log_error("out of memory");
         return 1;
     }
@@ -257,6 +277,8 @@ static int run(const struct worker_config *cfg)
     }
     free(tids);
     free(args);
+    http_stop(http);
+    http_health_free(shared.health);
     log_info("payq-worker stopped");
     return 0;
 }

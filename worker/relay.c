@@ -17,6 +17,7 @@
 #include "backoff.h"
 #include "db.h"
 #include "log.h"
+#include "metrics.h"
 #include "mq.h"
 #include "topology.h"
 #include "worker.h"
@@ -32,7 +33,8 @@
 /* Unpublished rows, oldest first (the partial index outbox_unpublished). */
 static const char FETCH_SQL[] =
     "SELECT id, event_id, routing_key, body::text, correlation_id,"
-    "       floor(extract(epoch FROM created_at))::bigint"
+    "       floor(extract(epoch FROM created_at))::bigint,"
+    "       extract(epoch FROM now() - created_at)::float8"
     "  FROM payq.outbox WHERE published_at IS NULL ORDER BY id LIMIT $1";
 enum {
     F_ID,
@@ -40,7 +42,8 @@ enum {
     F_ROUTING_KEY,
     F_BODY,
     F_CORRELATION_ID,
-    F_CREATED_AT
+    F_CREATED_AT,
+    F_AGE_S /* seconds since created_at, on the database's clock */
 };
 
 static const char MARK_SQL[] = "UPDATE payq.outbox SET published_at = now()"
@@ -166,6 +169,7 @@ static int try_lead(struct relay *r)
     bool got = PQgetvalue(res, 0, 0)[0] == 't';
     PQclear(res);
     if (!got) {
+        metrics_outbox_lag_clear(); /* the leader's process reports the lag */
         if (!r->standby)
             log_info("relay: another payq-worker is the outbox relay leader; standing by "
                      "(retrying every %d ms)",
@@ -255,9 +259,11 @@ static int relay_batch(struct relay *r, int *count)
     int n = PQntuples(res);
     *count = 0;
     if (n == 0) {
+        metrics_outbox_lag_clear();
         PQclear(res);
         return PAYQ_OK;
     }
+    metrics_outbox_lag(strtod(PQgetvalue(res, 0, F_AGE_S), NULL));
 
     int rc = PAYQ_OK;
     uint64_t last = 0;
@@ -289,6 +295,9 @@ static int relay_batch(struct relay *r, int *count)
     }
     PQclear(up);
     *count = n;
+    metrics_outbox_published(n);
+    if (n < r->cfg->relay_batch)
+        metrics_outbox_lag_clear(); /* caught up (the next look says if more came) */
     log_debug("relay: published %d event(s), outbox ids %s..%s, in %lld ms", n,
               PQgetvalue(res, 0, F_ID), PQgetvalue(res, n - 1, F_ID), now_ms() - t0);
 out:

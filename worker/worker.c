@@ -15,7 +15,9 @@
 #include "cmd.h"
 #include "config.h"
 #include "db.h"
+#include "http.h"
 #include "log.h"
+#include "metrics.h"
 #include "mq.h"
 #include "mqjson.h"
 #include "provider.h"
@@ -38,6 +40,7 @@ struct thread_ctx {
     int failures_in_a_row;
     bool circuit_open;
     struct backoff circuit;
+    double taken_at; /* metrics_now() when the deliveries in hand were taken */
 };
 
 static bool stopping(const struct thread_ctx *t)
@@ -54,6 +57,14 @@ static void nap(const struct thread_ctx *t, long ms)
         nanosleep(&ts, NULL);
         ms -= step;
     }
+}
+
+/* Opens or closes this thread's circuit; readiness and the payq_circuit_open
+ * gauge follow. */
+static void set_circuit(struct thread_ctx *t, bool open)
+{
+    t->circuit_open = open;
+    http_health_set_circuit(t->shared->health, t->index, open);
 }
 
 static void rfc3339_now(char *buf, size_t len)
@@ -440,6 +451,34 @@ static void log_outcome(const struct outcome *o, struct settled *s)
     }
 }
 
+/* The outcome label of payq_commands_total (metrics.h). */
+static const char *outcome_name(const struct outcome *o)
+{
+    switch (o->kind) {
+    case OUTCOME_DONE:
+        /* finish() (apply.c) starts error with the reply's status. */
+        if (strncmp(o->error, "authorized", 10) == 0)
+            return "authorized";
+        return strncmp(o->error, "failed", 6) == 0 ? "failed" : "succeeded";
+    case OUTCOME_DEAD_LETTER:
+        return strcmp(o->reason, "retries_exhausted") == 0 || strcmp(o->reason, "poison") == 0
+                   ? "dead_lettered"
+                   : "rejected";
+    case OUTCOME_RETRY: return "retried";
+    case OUTCOME_DB_LOST: break;
+    }
+    return "other";
+}
+
+static void count_outcome(const struct outcome *o, const struct settled *s, double seconds)
+{
+    metrics_command_done(o->command, outcome_name(o), seconds);
+    if (o->kind == OUTCOME_RETRY)
+        metrics_retry(s->tier->name);
+    else if (o->kind == OUTCOME_DEAD_LETTER)
+        metrics_dead_letter(o->reason);
+}
+
 /*
  * Publishes the outcomes of n deliveries, waits once for the broker's
  * confirms, then acks them all (one ack with `multiple` when they are a run
@@ -470,8 +509,11 @@ static int settle_all(struct thread_ctx *t, struct mq_delivery *const *ds, struc
     rc = mq_ack(t->mq, ds[n - 1]->channel, last, n > 1);
     if (rc != PAYQ_OK)
         goto out;
-    for (size_t i = 0; i < n; i++)
+    double took = metrics_now() - t->taken_at;
+    for (size_t i = 0; i < n; i++) {
         log_outcome(&os[i], &s[i]);
+        count_outcome(&os[i], &s[i], took);
+    }
 out:
     if (s != stack_s)
         free(s);
@@ -485,6 +527,7 @@ static int settle(struct thread_ctx *t, struct mq_delivery *d, struct outcome *o
 
 static void db_drop(struct thread_ctx *t)
 {
+    http_health_set_db(t->shared->health, t->index, false);
     provider_free(t->provider);
     t->provider = NULL;
     db_close(t->db);
@@ -501,11 +544,14 @@ static int db_open(struct thread_ctx *t)
     struct provider_sim_opts so = { (int)cfg->sim_flaky_percent, cfg->sim_slow_ms };
     if ((rc = provider_sim_new(t->db, &so, &t->provider)) != PAYQ_OK)
         db_drop(t);
+    else
+        http_health_set_db(t->shared->health, t->index, true);
     return rc;
 }
 
 static void disconnect(struct thread_ctx *t)
 {
+    http_health_set_amqp(t->shared->health, t->index, false);
     mq_close(t->mq);
     t->mq = NULL;
     db_drop(t);
@@ -531,6 +577,7 @@ static int connect_all(struct thread_ctx *t)
         log_error("cannot consume %s: %s", cfg->queue, mq_error(t->mq));
         return rc;
     }
+    http_health_set_amqp(t->shared->health, t->index, true);
     return PAYQ_OK;
 }
 
@@ -543,6 +590,7 @@ static int reconnect_db(struct thread_ctx *t)
     db_drop(t);
     while (!stopping(t)) {
         if (db_open(t) == PAYQ_OK) {
+            metrics_reconnect("postgres");
             log_info("reconnected to PostgreSQL");
             return PAYQ_OK;
         }
@@ -600,7 +648,7 @@ static bool circuit_probe_again(struct thread_ctx *t, const struct outcome *o, i
     if (o->kind != OUTCOME_RETRY) {
         if (t->circuit_open)
             log_msg(LOG_INFO, lc, "circuit closed: the dependency answers again");
-        t->circuit_open = false;
+        set_circuit(t, false);
         t->failures_in_a_row = 0;
         backoff_reset(&t->circuit);
         return false;
@@ -608,7 +656,7 @@ static bool circuit_probe_again(struct thread_ctx *t, const struct outcome *o, i
     if (!o->dependency)
         return false;
     if (++t->failures_in_a_row >= t->cfg->circuit_threshold && !t->circuit_open) {
-        t->circuit_open = true;
+        set_circuit(t, true);
         log_msg(LOG_WARN, lc, "circuit open after %d dependency failures in a row (%s); "
                 "probing with backoff instead of spending retry budgets",
                 t->failures_in_a_row, o->error);
@@ -653,7 +701,7 @@ static int handle(struct thread_ctx *t, struct mq_delivery *d)
              * and this delivery waits in hand until it is back. */
             if (!t->circuit_open)
                 log_warn("circuit open: lost the database connection: %s", o.error);
-            t->circuit_open = true;
+            set_circuit(t, true);
             outcome_clear(&o);
             int rc = reconnect_db(t);
             if (rc != PAYQ_OK)
@@ -711,7 +759,7 @@ static int handle_batch(struct thread_ctx *t, struct mq_delivery **ds, size_t n)
             outcome_clear(&os[i]);
         if (!t->circuit_open)
             log_warn("circuit open: lost the database connection");
-        t->circuit_open = true;
+        set_circuit(t, true);
         if ((rc = reconnect_db(t)) != PAYQ_OK)
             goto out;
     }
@@ -724,7 +772,7 @@ static int handle_batch(struct thread_ctx *t, struct mq_delivery **ds, size_t n)
     if (ok == n) {
         if (t->circuit_open)
             log_info("circuit closed: the dependency answers again");
-        t->circuit_open = false;
+        set_circuit(t, false);
         t->failures_in_a_row = 0;
         rc = settle_all(t, ds, os, n);
         goto out;
@@ -742,6 +790,28 @@ out:
     return rc;
 }
 
+/* How often an idle thread checks that its database connection is alive. */
+#define DB_WATCH_MS 2000
+
+/*
+ * While no delivery comes: a round trip to the database every DB_WATCH_MS,
+ * so a lost connection is noticed (readiness says so) and reopened before a
+ * delivery needs it, instead of when one arrives. Errors are the broker's
+ * (from reconnect_db), as elsewhere.
+ */
+static int watch_db(struct thread_ctx *t, double *next)
+{
+    double now = metrics_now();
+    if (now < *next)
+        return PAYQ_OK;
+    *next = now + DB_WATCH_MS / 1000.0;
+    if (db_exec(t->db, "SELECT 1") == PAYQ_OK)
+        return PAYQ_OK;
+    log_warn("thread %d: the database connection is gone while idle: %s", t->index,
+             db_error(t->db));
+    return reconnect_db(t);
+}
+
 void *worker_thread(void *arg)
 {
     struct worker_thread_arg *wa = arg;
@@ -753,6 +823,7 @@ void *worker_thread(void *arg)
     backoff_init(&t.reconnect, 500, 30000);
     backoff_init(&t.circuit, 500, 30000);
 
+    bool was_connected = false;
     while (!stopping(&t)) {
         if (connect_all(&t) != PAYQ_OK) {
             disconnect(&t);
@@ -762,16 +833,21 @@ void *worker_thread(void *arg)
             continue;
         }
         backoff_reset(&t.reconnect);
+        if (was_connected)
+            metrics_reconnect("amqp");
+        was_connected = true;
         log_info("thread %d consuming %s (prefetch %ld)", t.index, t.cfg->queue,
                  t.cfg->prefetch);
         long long next_maintenance = 0;
+        double next_db_watch = 0;
         struct mq_delivery **batch = calloc((size_t)t.cfg->batch, sizeof *batch);
         while (batch && !stopping(&t)) {
             maintain(&t, &next_maintenance);
             int rc = mq_next(t.mq, 1000, &batch[0]);
-            if (rc == PAYQ_ERR_TIMEOUT)
+            if (rc == PAYQ_ERR_TIMEOUT && (rc = watch_db(&t, &next_db_watch)) == PAYQ_OK)
                 continue;
             if (rc == PAYQ_OK) {
+                t.taken_at = metrics_now();
                 /* Whatever else has already arrived joins the batch: no
                  * waiting, so a quiet queue keeps its latency. A redelivery
                  * (maybe poison) never joins a batch: it goes alone. */
@@ -788,13 +864,20 @@ void *worker_thread(void *arg)
                     else
                         n++;
                 }
-                if (n > 0)
+                int held = (int)n + (alone ? 1 : 0);
+                metrics_in_flight_add(held);
+                if (n > 0) {
+                    metrics_batch((int)n);
                     rc = handle_batch(&t, batch, n);
-                if (alone && rc == PAYQ_OK)
+                }
+                if (alone && rc == PAYQ_OK) {
+                    metrics_batch(1);
                     rc = handle(&t, alone);
+                }
                 for (size_t i = 0; i < n; i++)
                     mq_delivery_free(batch[i]);
                 mq_delivery_free(alone);
+                metrics_in_flight_add(-held);
             }
             if (rc != PAYQ_OK && rc != PAYQ_ERR_INTERRUPTED) {
                 log_warn("thread %d: %s; reconnecting", t.index,
@@ -806,6 +889,7 @@ void *worker_thread(void *arg)
         disconnect(&t);
     }
     disconnect(&t);
+    set_circuit(&t, false);
     log_info("thread %d stopped", t.index);
     return NULL;
 }

@@ -38,15 +38,20 @@ struct worker_config {
     long sim_flaky_percent;     /* simulated provider: tok_flaky failure rate */
     long sim_slow_ms;           /* simulated provider: tok_slow delay */
     long relay_batch;           /* outbox events per relay publish batch */
+    long metrics_port;          /* /metrics, /healthz, /readyz (0 = off) */
+    const char *metrics_address; /* numeric IP to listen on */
     int no_migrate;
     int no_declare;
     int no_relay;               /* do not run the outbox relay thread */
 };
 
+struct http_health;
+
 struct worker_shared {
     const struct worker_config *cfg;
     atomic_int stop; /* set by the signal thread: finish the delivery in hand, then exit */
     struct fault fault;
+    struct http_health *health; /* readiness flags, one set per thread (http.h); may be NULL */
 };
 
 /* Runs one worker thread until shared->stop; arg is a struct worker_thread_arg. */

@@ -128,6 +128,7 @@ pid_t h_worker_start(const char *const *extra_env)
         putenv("PAYQ_THREADS=1");
         putenv("PAYQ_PREFETCH=10");
         putenv("PAYQ_LOG_LEVEL=debug");
+        putenv("PAYQ_METRICS_PORT=0"); /* tests that scrape pick a free port */
         for (const char *const *e = extra_env; e && *e; e++)
             putenv((char *)(uintptr_t)*e);
         char bin[512];

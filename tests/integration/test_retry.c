@@ -135,7 +135,7 @@ static void test_backoff_and_exhaustion(void **state)
                         "transient,transient,transient,exhausted");
     assert_string_equal(h_text("SELECT reason || '/' || attempts || '/' || status"
                                " FROM payq.dead_letters WHERE message_key = 'id:' || $1", 1, n),
-                        "retries_exhausted/4/dead");
+                        "retries_exhausted/4/discarded"); /* h_dlq_take resolved it */
     const char *q[1] = { never };
     assert_string_equal(h_text("SELECT status || '/' || recovery_point FROM payq.payments"
                                " WHERE payment_id = $1", 1, q),
