@@ -411,3 +411,12 @@ void h_deposit(mq_t *mq, const char *deposit_id, const char *account, int64_t am
     assert_string_equal(h_status(r), "succeeded");
     json_decref(r);
 }
+
+void h_check_invariants(void)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s/payq-worker check", PAYQ_BINARY_DIR);
+    int st = system(cmd);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        fail_msg("payq-worker check found violations (status %d)", st);
+}

@@ -72,6 +72,10 @@ const char *h_exec(const char *sql, int nparams, const char *const *params);
 /* Posted balance of an account (payq.account_balances). */
 int64_t h_balance(const char *account);
 
+/* Runs `payq-worker check` over the whole database; fails the test on any
+ * violation. */
+void h_check_invariants(void);
+
 /* Opens a customer and a merchant account and funds the customer; returns
  * nothing, fails the test on any non-success. */
 void h_open(mq_t *mq, const char *account, const char *currency, const char *kind);
