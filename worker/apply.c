@@ -134,6 +134,67 @@ static void finish(json_t *reply, struct outcome *o)
     }
 }
 
+/* Approximate encoded size of a field value; -1 when nested too deep. */
+static long field_bytes(const amqp_field_value_t *v, int depth)
+{
+    if (depth > 8)
+        return -1;
+    long n = 0, sub;
+    switch (v->kind) {
+    case AMQP_FIELD_KIND_UTF8:
+    case AMQP_FIELD_KIND_BYTES:
+        return (long)v->value.bytes.len + 5;
+    case AMQP_FIELD_KIND_TABLE:
+        for (int i = 0; i < v->value.table.num_entries; i++) {
+            if ((sub = field_bytes(&v->value.table.entries[i].value, depth + 1)) < 0)
+                return -1;
+            n += (long)v->value.table.entries[i].key.len + 1 + sub;
+        }
+        return n + 4;
+    case AMQP_FIELD_KIND_ARRAY:
+        for (int i = 0; i < v->value.array.num_entries; i++) {
+            if ((sub = field_bytes(&v->value.array.entries[i], depth + 1)) < 0)
+                return -1;
+            n += sub;
+        }
+        return n + 4;
+    default:
+        return 9;
+    }
+}
+
+/* Checks the headers against the limits; fills msg when one is broken. */
+static bool headers_ok(const amqp_basic_properties_t *p, char *msg, size_t len)
+{
+    if (!(p->_flags & AMQP_BASIC_HEADERS_FLAG))
+        return true;
+    const amqp_table_t *t = &p->headers;
+    if (t->num_entries > HEADERS_MAX) {
+        snprintf(msg, len, "%d headers; at most %d are accepted", t->num_entries, HEADERS_MAX);
+        return false;
+    }
+    long total = 0;
+    for (int i = 0; i < t->num_entries; i++) {
+        if (t->entries[i].key.len > HEADER_KEY_MAX) {
+            snprintf(msg, len, "a header name of %zu bytes; at most %d are accepted",
+                     t->entries[i].key.len, HEADER_KEY_MAX);
+            return false;
+        }
+        long b = field_bytes(&t->entries[i].value, 0);
+        if (b < 0) {
+            snprintf(msg, len, "a header nested more than 8 levels deep");
+            return false;
+        }
+        total += (long)t->entries[i].key.len + 1 + b;
+    }
+    if (total > HEADERS_BYTES_MAX) {
+        snprintf(msg, len, "headers of about %ld bytes; at most %d are accepted", total,
+                 HEADERS_BYTES_MAX);
+        return false;
+    }
+    return true;
+}
+
 /* A delivery validated and ready for the database. */
 struct prepared {
     cmd_t cmd;
@@ -168,6 +229,13 @@ static bool prepare(const struct mq_delivery *d, const struct apply_opts *opts,
     if ((p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) &&
         !cmd_message_id_valid(p->message_id.bytes, p->message_id.len)) {
         dead_letter(o, "schema_invalid", "message_id must be 1 to 255 printable ASCII characters");
+        return false;
+    }
+
+    char why[160];
+    if (!headers_ok(p, why, sizeof why)) {
+        o->drop_headers = true;
+        dead_letter(o, "schema_invalid", why);
         return false;
     }
 

@@ -30,6 +30,7 @@ struct outcome {
     char sqlstate[6];   /* when the database failed */
     char *reply;        /* JSON reply body (malloc'd) or NULL; owned by the outcome */
     bool redact;        /* the body holds a card number: mask it before it goes anywhere */
+    bool drop_headers;  /* the headers broke a limit: the dead letter does not copy them */
     bool dependency;    /* a retry caused by a dependency (database, provider) failing: it
                            counts towards opening the circuit */
     char command[32];   /* for logs */
@@ -37,6 +38,12 @@ struct outcome {
 };
 
 void outcome_clear(struct outcome *o);
+
+/* Limits on the AMQP headers of a command (a bigger set is schema_invalid):
+ * they keep a dead letter's copy well inside the broker's frame size. */
+#define HEADERS_MAX 64
+#define HEADER_KEY_MAX 128
+#define HEADERS_BYTES_MAX (16 * 1024)
 
 struct apply_opts {
     provider_t *provider; /* the payment provider (bound to the same db) */

@@ -155,7 +155,8 @@ static void copy_props(const struct mq_delivery *d, const struct outcome *o, int
     header_or(p, "x-payq-original-routing-key", d->routing_key, orig_rk, sizeof orig_rk);
 
     h->n = h->nstore = 0;
-    h_keep_original(h, p);
+    if (!o->drop_headers)
+        h_keep_original(h, p);
     if (o->reason[0])
         h_str(h, "x-payq-reason", o->reason);
     h_str(h, "x-payq-error", o->error); /* at most 1 KiB: outcome.error's size */
