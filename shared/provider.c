@@ -78,6 +78,9 @@ static int sim_call(provider_t *p, const json_t *call, struct prov_answer *out)
     const char *status = answer ? json_string_value(json_object_get(answer, "status")) : NULL;
     if (!status || strcmp(status, "timeout") == 0) {
         transient(out, "provider timed out (simulated)", token ? token : op);
+    } else if (strcmp(status, "busy") == 0) {
+        transient(out, "provider busy, asked to retry later (simulated)", token ? token : op);
+        out->retry_after_ms = (long)json_integer_value(json_object_get(answer, "retry_after_ms"));
     } else {
         out->status = strcmp(status, "approved") == 0 ? PROV_APPROVED : PROV_DECLINED;
         out->json = strdup(text);

@@ -32,6 +32,7 @@ struct prov_answer {
     enum prov_status status;
     char *json;       /* the answer for the database (malloc'd; NULL when transient) */
     char error[256];  /* what went wrong when transient */
+    long retry_after_ms; /* transient: the provider asked to wait at least this long (0 = no) */
 };
 
 typedef struct provider provider_t;

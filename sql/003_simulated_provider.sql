@@ -15,6 +15,8 @@
 --   tok_riskHighest                      approved, issuer risk score 99 (payq's fraud rule voids it)
 --   tok_captureDeclined                  authorization approved, capture declined
 --   tok_timeout<N>                       the authorization times out N times (N = 1..9), then is approved
+--   tok_rateLimited                      the first authorization call is refused "busy, retry after
+--                                        4 s" (like HTTP 429 with Retry-After), then approved
 --   tok_flaky                            fails transiently at a configured rate, else approved
 --   tok_slow                             approved after a configured delay
 --   any other tok_...                    declined: card_declined (unknown token)
@@ -66,6 +68,10 @@ BEGIN
         END IF;
     END IF;
 
+    IF p_op = 'authorize' AND tok = 'tok_rateLimited' AND o.calls = 1 THEN
+        RETURN jsonb_build_object('key', p_key, 'status', 'busy', 'retry_after_ms', 4000);
+    END IF;
+
     res := CASE
         WHEN p_op = 'authorize' AND tok = 'tok_chargeDeclined' THEN
             jsonb_build_object('status', 'declined', 'code', 'card_declined',
@@ -75,7 +81,7 @@ BEGIN
                                'message', 'the card has insufficient funds')
         WHEN p_op = 'authorize' AND tok NOT IN ('tok_visa', 'tok_mastercard', 'tok_amex',
                                                  'tok_riskHighest', 'tok_captureDeclined',
-                                                 'tok_flaky', 'tok_slow')
+                                                 'tok_flaky', 'tok_slow', 'tok_rateLimited')
                                 AND tok !~ '^tok_timeout[1-9]$' THEN
             jsonb_build_object('status', 'declined', 'code', 'card_declined',
                                'message', 'unknown card token')

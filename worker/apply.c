@@ -333,6 +333,7 @@ static void run_phases(db_t *db, const struct prepared *pc, const struct apply_o
         if (rc != PAYQ_OK || a.status == PROV_TRANSIENT) {
             o->kind = OUTCOME_RETRY;
             o->dependency = true;
+            o->retry_after_ms = a.retry_after_ms;
             snprintf(o->error, sizeof o->error, "payment provider: %s",
                      rc != PAYQ_OK ? payq_strerror(rc) : a.error);
             prov_answer_clear(&a);

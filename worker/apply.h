@@ -30,6 +30,7 @@ struct outcome {
     char sqlstate[6];   /* when the database failed */
     char *reply;        /* JSON reply body (malloc'd) or NULL; owned by the outcome */
     bool redact;        /* the body holds a card number: mask it before it goes anywhere */
+    long retry_after_ms; /* a retry must wait at least this long (the provider said so) */
     bool drop_headers;  /* the headers broke a limit: the dead letter does not copy them */
     bool dependency;    /* a retry caused by a dependency (database, provider) failing: it
                            counts towards opening the circuit */

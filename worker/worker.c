@@ -367,9 +367,11 @@ static int publish_dead_letter(struct thread_ctx *t, const struct mq_delivery *d
 /* The delay tier for the n-th retry (1-based): capped exponential backoff
  * with full jitter, rounded up to the next tier. */
 static const struct topo_tier *pick_tier(const struct worker_config *cfg, int n,
-                                         unsigned int *seed)
+                                         long at_least_ms, unsigned int *seed)
 {
-    return topo_tier_for(backoff_full_jitter(cfg->retry_base_ms, cfg->retry_cap_ms, n - 1, seed));
+    long ms = backoff_full_jitter(cfg->retry_base_ms, cfg->retry_cap_ms, n - 1, seed);
+    /* A dependency that said when to come back (Retry-After) is obeyed. */
+    return topo_tier_for(ms > at_least_ms ? ms : at_least_ms);
 }
 
 static int publish_retry(struct thread_ctx *t, const struct mq_delivery *d,
@@ -379,7 +381,7 @@ static int publish_retry(struct thread_ctx *t, const struct mq_delivery *d,
     amqp_basic_properties_t props;
     copy_props(d, o, attempts, &h, &props);
     unsigned int seed = (unsigned int)(d->tag ^ (uint64_t)time(NULL) ^ (uint64_t)t->index);
-    *tier = pick_tier(t->cfg, attempts, &seed);
+    *tier = pick_tier(t->cfg, attempts, o->retry_after_ms, &seed);
     h_str(&h, PAYQ_RETRY_TIER_HEADER, (*tier)->name);
     props.headers.num_entries = h.n;
     record_failure(t, d, o, attempts, (*tier)->name);
@@ -589,10 +591,19 @@ static int reconnect_db(struct thread_ctx *t)
     struct backoff b;
     backoff_init(&b, 200, 10000);
     db_drop(t);
+    /* The database is the dependency that failed: the circuit is open
+     * until it answers again, whatever found it gone (a command or the idle
+     * check), and the delivery in hand (if any) waits. */
+    if (!t->circuit_open)
+        log_warn("thread %d: circuit open: lost the connection to PostgreSQL", t->index);
+    set_circuit(t, true);
     while (!stopping(t)) {
         if (db_open(t) == PAYQ_OK) {
             metrics_reconnect("postgres");
-            log_info("reconnected to PostgreSQL");
+            log_info("thread %d: reconnected to PostgreSQL; circuit closed", t->index);
+            set_circuit(t, false);
+            t->failures_in_a_row = 0;
+            backoff_reset(&t->circuit);
             return PAYQ_OK;
         }
         long ms = backoff_next(&b);
@@ -698,11 +709,8 @@ static int handle(struct thread_ctx *t, struct mq_delivery *d)
         opts.provider = t->provider;
         apply_delivery(t->db, d, &opts, &o);
         if (o.kind == OUTCOME_DB_LOST) {
-            /* The database is the dependency that failed: the circuit opens
-             * and this delivery waits in hand until it is back. */
-            if (!t->circuit_open)
-                log_warn("circuit open: lost the database connection: %s", o.error);
-            set_circuit(t, true);
+            /* This delivery waits in hand until the database is back. */
+            log_warn("lost the database connection: %s", o.error);
             outcome_clear(&o);
             int rc = reconnect_db(t);
             if (rc != PAYQ_OK)
@@ -758,9 +766,6 @@ static int handle_batch(struct thread_ctx *t, struct mq_delivery **ds, size_t n)
             break;
         for (size_t i = 0; i < n; i++)
             outcome_clear(&os[i]);
-        if (!t->circuit_open)
-            log_warn("circuit open: lost the database connection");
-        set_circuit(t, true);
         if ((rc = reconnect_db(t)) != PAYQ_OK)
             goto out;
     }

@@ -144,6 +144,30 @@ static void test_backoff_and_exhaustion(void **state)
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+/* A provider that answers "busy, retry after 4 s" (HTTP 429 + Retry-After):
+ * the retry waits in the 5 s tier although the backoff for a first retry
+ * would have chosen the 1 s tier. */
+static void test_retry_after(void **state)
+{
+    (void)state;
+    pid_t w = h_worker_start(NULL);
+    const char *shop = h_id("ra-shop"), *pid = h_id("ra-pay"), *mid = h_id("ra-msg");
+    h_open(mq, shop, "USD", "merchant");
+    char body[512];
+    h_publish(mq, "payment.create", mid,
+              card_payment(body, sizeof body, pid, "tok_rateLimited", shop));
+    json_t *r = h_reply(mq, 30000);
+    assert_non_null(r);
+    assert_string_equal(h_status(r), "succeeded");
+    json_decref(r);
+    const char *k[1] = { mid };
+    assert_string_equal(h_text("SELECT string_agg(retry_tier, ',' ORDER BY attempt)"
+                               " FROM payq.failures WHERE message_key = 'id:' || $1", 1, k),
+                        "5s");
+    int st = h_worker_stop(w, SIGTERM);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 /* A message that kills every worker that takes it: after
  * --poison-deliveries deliveries it goes to the DLQ as poison, unapplied,
  * and the next worker gets on with other work. */
@@ -240,7 +264,7 @@ static void test_database_outage(void **state)
     char cmd[1024];
     snprintf(cmd, sizeof cmd,
              "grep -l 'circuit open' %s/tests/worker-*-%d.log >/dev/null && "
-             "grep -l 'reconnected to PostgreSQL' %s/tests/worker-*-%d.log >/dev/null",
+             "grep -l 'reconnected to PostgreSQL; circuit closed' %s/tests/worker-*-%d.log >/dev/null",
              PAYQ_BINARY_DIR, (int)getpid(), PAYQ_BINARY_DIR, (int)getpid());
     assert_int_equal(system(cmd), 0);
 }
@@ -289,6 +313,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_backoff_and_exhaustion, kill_workers),
+        cmocka_unit_test_teardown(test_retry_after, kill_workers),
         cmocka_unit_test_teardown(test_poison, kill_workers),
         cmocka_unit_test_teardown(test_database_outage, kill_workers),
         cmocka_unit_test(test_management_api),
