@@ -68,6 +68,12 @@ static const struct cfg_opt options[] = {
         inbox_retention_hours, "H",
         "keep message_id idempotency keys at least this long (keys of unfinished commands and "
         "business ids are never pruned)"),
+    OPT("reaper-interval-s", "PAYQ_REAPER_INTERVAL_S", CFG_INT, "60", 1, 86400,
+        reaper_interval_s, "SEC",
+        "how often the reaper runs: prunes expired idempotency keys, expires wallet holds past "
+        "their deadline (7 days), resumes stuck sagas"),
+    OPT("stuck-after-s", "PAYQ_STUCK_AFTER_S", CFG_INT, "600", 1, 604800, stuck_after_s, "SEC",
+        "a payment saga in flight this long is resumed by the reaper from its recovery point"),
     OPT("sim-flaky-percent", "PAYQ_SIM_FLAKY_PERCENT", CFG_INT, "30", 0, 100, sim_flaky_percent,
         "PCT", "simulated provider: chance that a call for tok_flaky fails transiently"),
     OPT("sim-slow-ms", "PAYQ_SIM_SLOW_MS", CFG_INT, "1500", 0, 60000, sim_slow_ms, "MS",

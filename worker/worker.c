@@ -615,29 +615,108 @@ static int reconnect_db(struct thread_ctx *t)
     return PAYQ_ERR_INTERRUPTED;
 }
 
-/* Housekeeping done by thread 0 between deliveries, about once a minute:
- * forget expired message-level idempotency keys. */
+/* Runs one maintenance query returning a count; logs it when not zero. */
+static void maintenance_count(struct thread_ctx *t, const char *sql, const char *param,
+                              const char *what)
+{
+    const char *params[1] = { param };
+    PGresult *res = PQexecParams(db_conn(t->db), sql, param ? 1 : 0, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        db_fail(t->db, res);
+        log_warn("reaper: could not %s: %s", what, db_error(t->db));
+        return;
+    }
+    if (strcmp(PQgetvalue(res, 0, 0), "0") != 0)
+        log_info("reaper: %s: %s", what, PQgetvalue(res, 0, 0));
+    PQclear(res);
+}
+
+/*
+ * Drives one payment whose saga is stuck (its command was dead-lettered
+ * mid-saga, or its worker died and the message is far away) from its
+ * recovery point to its end, calling the provider as the phases ask, with
+ * the same idempotency keys: the same engine as a command, without it.
+ */
+static void resume_payment(struct thread_ctx *t, const char *pid)
+{
+    char *answer = NULL;
+    for (int n = 0; n < 8; n++) {
+        const char *params[2] = { pid, answer };
+        PGresult *res = PQexecParams(db_conn(t->db),
+                                     "SELECT payq.resume_payment($1, $2::jsonb)::text", 2, NULL,
+                                     params, NULL, NULL, 0);
+        if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+            db_fail(t->db, res);
+            log_warn("reaper: payment %s: %s", pid, db_error(t->db));
+            break;
+        }
+        json_t *r = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
+        PQclear(res);
+        json_t *call = json_object_get(r, "call");
+        if (!call) {
+            json_t *reply = json_object_get(r, "reply");
+            if (reply && !json_is_null(reply))
+                log_info("reaper: resumed payment %s to its end: %s", pid,
+                         json_string_value(json_object_get(reply, "status")));
+            json_decref(r);
+            break;
+        }
+        struct prov_answer a;
+        int rc = provider_call(t->provider, call, &a);
+        json_decref(r);
+        if (rc != PAYQ_OK || a.status == PROV_TRANSIENT) {
+            log_info("reaper: payment %s waits: the provider is unavailable (%s)", pid,
+                     rc != PAYQ_OK ? payq_strerror(rc) : a.error);
+            prov_answer_clear(&a);
+            break;
+        }
+        free(answer);
+        answer = a.json;
+        a.json = NULL;
+        prov_answer_clear(&a);
+    }
+    free(answer);
+}
+
+/*
+ * Housekeeping done by thread 0 between deliveries, every
+ * --reaper-interval-s: prune expired message idempotency keys, expire wallet
+ * holds past their deadline, and resume sagas in flight for longer than
+ * --stuck-after-s.
+ */
 static void maintain(struct thread_ctx *t, long long *next)
 {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
-    if (t->index != 0 || now.tv_sec < *next)
+    if (t->index != 0 || now.tv_sec < *next || !db_ok(t->db))
         return;
-    *next = now.tv_sec + 60;
-    char keep[32];
+    *next = now.tv_sec + t->cfg->reaper_interval_s;
+    char keep[32], stuck[32];
     snprintf(keep, sizeof keep, "%ld hours", t->cfg->inbox_retention_hours);
-    const char *params[1] = { keep };
-    PGresult *res = PQexecParams(db_conn(t->db), "SELECT payq.prune_inbox($1::interval)", 1,
+    maintenance_count(t, "SELECT payq.prune_inbox($1::interval)", keep,
+                      "pruned expired message idempotency keys");
+    maintenance_count(t, "SELECT payq.expire_holds()", NULL, "expired wallet authorizations");
+
+    snprintf(stuck, sizeof stuck, "%ld seconds", t->cfg->stuck_after_s);
+    const char *params[1] = { stuck };
+    PGresult *res = PQexecParams(db_conn(t->db), "SELECT payq.stuck_payments($1::interval)", 1,
                                  NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) == PGRES_TUPLES_OK) {
-        if (strcmp(PQgetvalue(res, 0, 0), "0") != 0)
-            log_info("pruned %s message idempotency keys older than %s",
-                     PQgetvalue(res, 0, 0), keep);
-        PQclear(res);
-    } else {
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         db_fail(t->db, res);
-        log_warn("could not prune the inbox: %s", db_error(t->db));
+        log_warn("reaper: could not list stuck payments: %s", db_error(t->db));
+        return;
     }
+    int n = PQntuples(res);
+    char **ids = calloc((size_t)n + 1, sizeof *ids);
+    for (int i = 0; ids && i < n; i++)
+        ids[i] = strdup(PQgetvalue(res, i, 0));
+    PQclear(res);
+    for (int i = 0; ids && i < n && !stopping(t); i++) {
+        if (ids[i])
+            resume_payment(t, ids[i]);
+        free(ids[i]);
+    }
+    free(ids);
 }
 
 /* Probes of one command while the circuit is open before it goes to a

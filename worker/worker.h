@@ -34,7 +34,9 @@ struct worker_config {
     long retry_deadline_s;      /* give up this long after the first failure */
     long poison_deliveries;     /* dead-letter as poison after this many deliveries */
     long circuit_threshold;     /* consecutive transient failures that open the circuit */
-    long inbox_retention_hours; /* message-level idempotency keys are kept this long */
+    long inbox_retention_hours;
+    long reaper_interval_s;     /* how often thread 0 runs the reaper */
+    long stuck_after_s;         /* a saga in flight this long is resumed by the reaper */ /* message-level idempotency keys are kept this long */
     long sim_flaky_percent;     /* simulated provider: tok_flaky failure rate */
     long sim_slow_ms;           /* simulated provider: tok_slow delay */
     long relay_batch;           /* outbox events per relay publish batch */
