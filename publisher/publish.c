@@ -1,7 +1,9 @@
 /*
- * payq-publish - sends one payq command the way CONTRACT.md asks:
- * persistent, mandatory, with publisher confirms and a message_id, and
- * optionally waits for the worker's reply (direct reply-to).
+ * payq-publish - sends payq commands the way CONTRACT.md asks: persistent,
+ * mandatory, with publisher confirms and a message_id, and optionally waits
+ * for the worker's reply (direct reply-to). This file holds the options and
+ * the one-command mode; --file is publish_batch.c, --example
+ * publish_examples.c.
  */
 #include <fcntl.h>
 #include <stddef.h>
@@ -16,30 +18,8 @@
 #include "config.h"
 #include "log.h"
 #include "mq.h"
+#include "publish.h"
 #include "topology.h"
-
-/* Exit codes, also documented in --help. */
-enum {
-    EXIT_SUCCEEDED = 0,   /* published (and, with --wait, succeeded or authorized) */
-    EXIT_FAILED = 1,      /* the business refused it (--wait) */
-    EXIT_USAGE = 2,
-    EXIT_REJECTED = 3,    /* rejected: invalid, dead-lettered (--wait) */
-    EXIT_TIMEOUT = 4,     /* no reply in time (--wait) */
-    EXIT_UNAVAILABLE = 5  /* broker unreachable, or it refused the message */
-};
-
-struct publish_config {
-    const char *amqp_url;
-    const char *exchange;
-    const char *message_id;
-    const char *correlation_id;
-    const char *reply_to;
-    const char *user_id;
-    long timeout;
-    int wait;
-    int no_message_id;
-    int quiet;
-};
 
 #define OPT(f, e, t, d, lo, hi, field, mv, h) \
     { f, e, t, d, lo, hi, offsetof(struct publish_config, field), mv, h }
@@ -50,7 +30,8 @@ static const struct cfg_opt options[] = {
     OPT("wait", NULL, CFG_BOOL, NULL, 0, 0, wait, NULL,
         "wait for the worker's reply, print it on stdout, exit with its status"),
     OPT("timeout", "PAYQ_TIMEOUT", CFG_INT, "30", 1, 86400, timeout, "SEC",
-        "how long --wait waits for the reply, and publishing for the broker's confirm"),
+        "how long --wait waits for the reply, and publishing for the broker's confirm; "
+        "with --file, for everything (all confirms and replies)"),
     OPT("message-id", NULL, CFG_STR, NULL, 0, 0, message_id, "ID",
         "idempotency key (1-255 printable ASCII); default: a new random UUID"),
     OPT("no-message-id", NULL, CFG_BOOL, NULL, 0, 0, no_message_id, NULL,
@@ -63,7 +44,15 @@ static const struct cfg_opt options[] = {
         "AMQP user_id property; the broker checks it equals the login user"),
     OPT("exchange", NULL, CFG_STR, PAYQ_X_COMMANDS, 0, 0, exchange, "NAME",
         "exchange to publish to"),
-    OPT("quiet", NULL, CFG_BOOL, NULL, 0, 0, quiet, NULL, "print nothing on stderr"),
+    OPT("file", NULL, CFG_STR, NULL, 0, 0, file, "FILE",
+        "publish many commands, one JSON object a line (`-` = standard input): "
+        "{\"command\": ..., \"body\": {...}, \"message_id\"?, \"correlation_id\"?}"),
+    OPT("rate", NULL, CFG_INT, "0", 0, 1000000, rate, "N",
+        "with --file, publish at most N commands a second (0 = as fast as the broker confirms)"),
+    OPT("example", NULL, CFG_BOOL, NULL, 0, 0, example, NULL,
+        "print a valid example body of COMMAND, or list the commands"),
+    OPT("quiet", NULL, CFG_BOOL, NULL, 0, 0, quiet, NULL,
+        "print nothing on stderr but errors (no progress, no summary)"),
     CFG_END
 };
 
@@ -71,6 +60,8 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "Usage: payq-publish [OPTIONS] COMMAND [BODY]\n"
+            "       payq-publish [OPTIONS] --file FILE|-\n"
+            "       payq-publish --example [COMMAND]\n"
             "\n"
             "Publishes one payq command. COMMAND is the routing key (account.open,\n"
             "account.deposit, payment.create, payment.capture, payment.cancel,\n"
@@ -78,25 +69,34 @@ static void usage(FILE *out)
             "from standard input. The message is persistent and mandatory, and this\n"
             "program returns only once the broker has confirmed it.\n"
             "\n"
-            "Options:\n");
+            "With --file it publishes every line of FILE, one JSON object a line:\n"
+            "  {\"command\": \"payment.create\", \"body\": {...}, \"message_id\": \"...\",\n"
+            "   \"correlation_id\": \"...\"}   (message_id, correlation_id optional)\n"
+            "with up to %d confirms outstanding; --wait then prints every reply as one\n"
+            "JSON line on stdout, with \"line\" and \"correlation_id\" added, and a\n"
+            "command without a reply as {\"status\": \"timeout\", ...}.\n"
+            "\n"
+            "Options:\n", PUBLISH_WINDOW);
     cfg_usage(out, options);
     fprintf(out,
             "\n"
             "Exit status: 0 published (with --wait: succeeded or authorized), 1 failed\n"
             "(a business refusal such as insufficient_funds), 2 usage error, 3 rejected\n"
             "(dead-lettered), 4 no reply before --timeout, 5 broker unreachable or the\n"
-            "message was refused.\n"
+            "message was refused. With --file: 0 only if every line was confirmed (with\n"
+            "--wait: succeeded or authorized), else the worst code of all lines.\n"
             "\n"
             "Examples:\n"
             "  payq-publish account.open '{\"account\":\"alice\",\"currency\":\"USD\","
             "\"kind\":\"customer\"}'\n"
             "  payq-publish --wait payment.create '{\"payment_id\":\"p-1\",\"amount\":1250,"
             "\"currency\":\"USD\",\n"
-            "      \"source\":\"alice\",\"destination\":\"shop\",\"capture\":true}'\n");
+            "      \"source\":\"alice\",\"destination\":\"shop\",\"capture\":true}'\n"
+            "  payq-publish --wait --rate 100 --file payments.ndjson > replies.ndjson\n"
+            "  payq-publish --example payment.create\n");
 }
 
-/* A random version-4 UUID, for message ids. */
-static int uuid4(char out[37])
+int publish_uuid4(char out[37])
 {
     unsigned char b[16];
     int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
@@ -139,16 +139,20 @@ static char *read_stdin(size_t *len)
     return buf;
 }
 
-/* Exit code for a reply's status. */
+int publish_status_exit(const char *s)
+{
+    if (s && (strcmp(s, "succeeded") == 0 || strcmp(s, "authorized") == 0))
+        return EXIT_SUCCEEDED;
+    if (s && strcmp(s, "rejected") == 0)
+        return EXIT_REJECTED;
+    return EXIT_FAILED;
+}
+
+/* Exit code for a reply's body. */
 static int reply_exit(const char *body, size_t len)
 {
     json_t *r = json_loadb(body, len, 0, NULL);
-    const char *s = r ? json_string_value(json_object_get(r, "status")) : NULL;
-    int rc = EXIT_FAILED;
-    if (s && (strcmp(s, "succeeded") == 0 || strcmp(s, "authorized") == 0))
-        rc = EXIT_SUCCEEDED;
-    else if (s && strcmp(s, "rejected") == 0)
-        rc = EXIT_REJECTED;
+    int rc = publish_status_exit(r ? json_string_value(json_object_get(r, "status")) : NULL);
     json_decref(r);
     return rc;
 }
@@ -174,8 +178,39 @@ int main(int argc, char **argv)
         rc = 0;
         goto out;
     }
+    if (cfg.example) {
+        rc = publish_example_main(nargs, argv + 1, stdout);
+        goto out;
+    }
+    if (cfg.file) {
+        if (nargs > 0) {
+            fprintf(stderr, "payq-publish: --file takes the commands from %s; drop %s "
+                            "(or drop --file to publish one command)\n",
+                    cfg.file, argv[1]);
+            goto out;
+        }
+        if (cfg.message_id || cfg.correlation_id) {
+            fprintf(stderr, "payq-publish: --%s sets one value for every line; with --file "
+                            "put \"%s\" in each line instead (or leave it out: each line "
+                            "gets a fresh one)\n",
+                    cfg.message_id ? "message-id" : "correlation-id",
+                    cfg.message_id ? "message_id" : "correlation_id");
+            goto out;
+        }
+        if (cfg.wait && cfg.reply_to) {
+            fprintf(stderr, "payq-publish: --wait and --reply-to exclude each other\n");
+            goto out;
+        }
+        rc = publish_batch(&cfg);
+        goto out;
+    }
+    if (cfg.rate) {
+        fprintf(stderr, "payq-publish: --rate applies to --file only\n");
+        goto out;
+    }
     if (nargs < 1 || nargs > 2) {
-        fprintf(stderr, "payq-publish: expected COMMAND [BODY] (see --help)\n");
+        fprintf(stderr, "payq-publish: expected COMMAND [BODY], --file FILE or --example "
+                        "(see --help)\n");
         goto out;
     }
     if (cfg.wait && cfg.reply_to) {
@@ -200,7 +235,7 @@ int main(int argc, char **argv)
         goto out;
     }
     if (!cfg.message_id && !cfg.no_message_id) {
-        if (uuid4(mid) != 0) {
+        if (publish_uuid4(mid) != 0) {
             fprintf(stderr, "payq-publish: cannot read /dev/urandom\n");
             goto out;
         }

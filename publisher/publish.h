@@ -16,12 +16,12 @@
 /* Exit codes, also documented in --help. With --file the worst one wins:
  * 5 > 4 > 3 > 1 > 0. */
 enum {
-    EXIT_SUCCEEDED = 0,   /* published (and, with --wait, succeeded or authorized) */
-    EXIT_FAILED = 1,      /* the business refused it (--wait) */
-    EXIT_USAGE = 2,       /* bad options or input; nothing was published */
-    EXIT_REJECTED = 3,    /* rejected: invalid, dead-lettered (--wait) */
-    EXIT_TIMEOUT = 4,     /* no reply in time (--wait) */
-    EXIT_UNAVAILABLE = 5  /* broker unreachable, or it refused the message */
+    EXIT_SUCCEEDED = 0,  /* published (and, with --wait, succeeded or authorized) */
+    EXIT_FAILED = 1,     /* the business refused it (--wait) */
+    EXIT_USAGE = 2,      /* bad options or input; nothing was published */
+    EXIT_REJECTED = 3,   /* rejected: invalid, dead-lettered (--wait) */
+    EXIT_TIMEOUT = 4,    /* no reply in time (--wait) */
+    EXIT_UNAVAILABLE = 5 /* broker unreachable, or it refused the message */
 };
 
 /* Publisher confirms outstanding at most, with --file. */

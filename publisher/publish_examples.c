@@ -51,11 +51,12 @@ static void list(FILE *out)
     fprintf(out, "Commands (payq-publish --example COMMAND prints a valid body):\n");
     for (size_t i = 0; i < NEXAMPLES; i++)
         fprintf(out, "  %-16s %s\n", examples[i].command, examples[i].what);
-    fprintf(out, "\n"
-                 "Publish one:\n"
-                 "  payq-publish --example payment.create | payq-publish --wait payment.create -\n"
-                 "A line of a --file:\n"
-                 "  {\"command\": \"payment.create\", \"body\": %s}\n",
+    fprintf(out,
+            "\n"
+            "Publish one:\n"
+            "  payq-publish --example payment.create | payq-publish --wait payment.create -\n"
+            "A line of a --file:\n"
+            "  {\"command\": \"payment.create\", \"body\": %s}\n",
             publish_example("payment.create"));
 }
 

@@ -74,8 +74,13 @@ missing_packages() {
 # One `apt-get update`, then install only what is missing. Recommends are
 # skipped (libc6-dev, which gcc only recommends, is listed explicitly).
 install_packages() {
-    local -a missing sudo=()
-    mapfile -t missing < <(missing_packages "${PACKAGES[@]}" "$@")
+    local -a missing sudo=() extra=()
+    # Node.js runs the client example's test. A machine may have it from
+    # another source (its own nodejs package with npm inside): then nothing
+    # is installed; else Debian's nodejs and npm.
+    command -v node >/dev/null || extra+=(nodejs)
+    command -v npm >/dev/null || extra+=(npm)
+    mapfile -t missing < <(missing_packages "${PACKAGES[@]}" "${extra[@]}" "$@")
     ((${#missing[@]})) || return 0
     if ((EUID != 0)); then
         command -v sudo >/dev/null || die "missing packages: ${missing[*]} (run as root or install them)"

@@ -4,6 +4,7 @@
  *   payq-worker [run]     migrate (unless --no-migrate), then consume until SIGTERM
  *   payq-worker migrate   apply the SQL migrations and exit
  *   payq-worker report    print balances and payment outcomes as tables
+ *   payq-worker status    queues, payments, sagas, throughput, outbox and DLQ at a glance
  *   payq-worker check     verify the invariants of the ledger, holds, refunds and history
  *   payq-worker version   print the version
  *
@@ -24,6 +25,7 @@
 #include "http.h"
 #include "log.h"
 #include "relay.h"
+#include "overview.h"
 #include "report.h"
 #include "worker.h"
 
@@ -104,6 +106,11 @@ static const struct cfg_opt options[] = {
         "debug, info, warn or error"),
     OPT("prefix", NULL, CFG_STR, "", 0, 0, prefix, "TEXT",
         "report: only accounts and payments whose id starts with TEXT"),
+    OPT("json", NULL, CFG_BOOL, NULL, 0, 0, json, NULL,
+        "status: print one JSON object instead of tables"),
+    OPT("mgmt-url", "PAYQ_MGMT_URL", CFG_STR, "http://127.0.0.1:15673", 0, 0, mgmt_url, "URL",
+        "status: RabbitMQ management API, for unacked counts (logs in with the AMQP URL's "
+        "user and password; empty = do not ask)"),
     OPT("fault", "PAYQ_FAULT", CFG_STR, NULL, 0, 0, fault, "POINT",
         "testing only: SIGKILL the worker the N-th time it reaches POINT (POINT[:N]; points: "
         "after_commit, before_provider_call, after_provider_call, before_ack)"),
@@ -127,6 +134,10 @@ static void usage(FILE *out)
             "  check      verify every invariant (balanced postings, no overdraft, holds,\n"
             "             refunds, one outbox event per state change, history rebuilds\n"
             "             state); exits 1 and lists what is wrong on any violation\n"
+            "  status     queues (ready, unacked, consumers), payments by status, sagas in\n"
+            "             flight, throughput, outbox backlog and top dead-letter reasons;\n"
+            "             --json prints one JSON object; exits 1 when the broker or the\n"
+            "             database cannot be read\n"
             "  version    print the version and exit\n"
             "\n"
             "Options (each also read from the environment variable shown):\n");
@@ -191,6 +202,13 @@ static int check(const struct worker_config *cfg)
         log_error("check failed: %s", db_error(db));
     db_close(db);
     return rc == PAYQ_OK && violations == 0 ? 0 : 1;
+}
+
+static int status(const struct worker_config *cfg)
+{
+    const struct status_config sc = { cfg->amqp_url, cfg->database_url, cfg->mgmt_url,
+                                      cfg->statement_timeout_ms, cfg->json };
+    return status_print(&sc, stdout) == PAYQ_OK ? 0 : 1;
 }
 
 static int run(const struct worker_config *cfg)
@@ -325,11 +343,13 @@ int main(int argc, char **argv)
         rc = check(&cfg);
     } else if (strcmp(command, "report") == 0) {
         rc = report(&cfg);
+    } else if (strcmp(command, "status") == 0) {
+        rc = status(&cfg);
     } else if (strcmp(command, "version") == 0) {
         printf("payq-worker %s\n", PAYQ_VERSION);
         rc = 0;
     } else {
-        fprintf(stderr, "payq-worker: unknown command %s (run, migrate, report, check or version; see --help)\n",
+        fprintf(stderr, "payq-worker: unknown command %s (run, migrate, report, check, status or version; see --help)\n",
                 command);
         rc = 2;
     }

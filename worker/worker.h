@@ -42,6 +42,8 @@ struct worker_config {
     long relay_batch;           /* outbox events per relay publish batch */
     long metrics_port;          /* /metrics, /healthz, /readyz (0 = off) */
     const char *metrics_address; /* numeric IP to listen on */
+    int json;                   /* status: one JSON object instead of tables */
+    const char *mgmt_url;       /* status: RabbitMQ management API, for unacked counts */
     int no_migrate;
     int no_declare;
     int no_relay;               /* do not run the outbox relay thread */
