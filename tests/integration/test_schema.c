@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "money.h"
 
 static int run(const char *cmd)
 {
@@ -154,6 +155,42 @@ static void test_inbox_pruning(void **state)
                         p[1]);
 }
 
+/* The fee rule in the database (payq.fee_for, numeric) and in C (money_fee)
+ * are one rule: the same fee for every case, rounding boundaries included. */
+static void test_fee_rule_matches_c(void **state)
+{
+    (void)state;
+    static const struct {
+        int64_t amount;
+        int bps;
+        int64_t fixed;
+    } cases[] = {
+        { 1, 0, 0 },      { 1, 10000, 0 },   { 2500, 290, 30 },  { 50, 100, 0 },
+        { 49, 100, 0 },   { 150, 100, 0 },   { 1250, 290, 30 },  { 10, 0, 20 },
+        { 999999, 1, 0 }, { 1000000000000000LL, 10000, 0 }, { 1000000000000000LL, 9999, 7 },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char merchant[64], bps[16], fixed[32], amount[32];
+        snprintf(merchant, sizeof merchant, "%s-%zu", h_id("fee"), i);
+        snprintf(bps, sizeof bps, "%d", cases[i].bps);
+        snprintf(fixed, sizeof fixed, "%lld", (long long)cases[i].fixed);
+        snprintf(amount, sizeof amount, "%lld", (long long)cases[i].amount);
+        const char *ins[3] = { merchant, bps, fixed };
+        assert_string_equal(h_exec("INSERT INTO payq.fee_rules (merchant, currency, bps, fixed)"
+                                   " VALUES ($1, 'EUR', $2::int, $3::bigint)", 3, ins),
+                            "");
+        const char *q[2] = { merchant, amount };
+        int64_t sql = h_int("SELECT payq.fee_for($1, 'EUR', $2::bigint)", 2, q);
+        int64_t c_fee = -1;
+        assert_int_equal(money_fee(cases[i].amount, cases[i].bps, cases[i].fixed, &c_fee),
+                         PAYQ_OK);
+        if (sql != c_fee)
+            fail_msg("amount %lld, %d bps, fixed %lld: SQL %lld, C %lld",
+                     (long long)cases[i].amount, cases[i].bps, (long long)cases[i].fixed,
+                     (long long)sql, (long long)c_fee);
+    }
+}
+
 int main(void)
 {
     h_init();
@@ -164,6 +201,7 @@ int main(void)
         cmocka_unit_test(test_balances_only_through_ledger),
         cmocka_unit_test(test_append_only),
         cmocka_unit_test(test_inbox_pruning),
+        cmocka_unit_test(test_fee_rule_matches_c),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
