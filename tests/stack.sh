@@ -260,6 +260,17 @@ rmq_setup() {
     fi
     log "importing $REPO/rabbitmq/definitions.json"
     rmq rabbitmqctl -q import_definitions "$REPO/rabbitmq/definitions.json" >&2
+    # definitions.json declares payq's least-privilege users without
+    # passwords (an operator sets them); this development stack gives each
+    # its own name as password. The HTTP API does it in milliseconds.
+    local u tags
+    for u in payq-publisher:"" payq-worker:"" payq-operator:management payq-monitor:monitoring; do
+        tags=${u#*:}
+        u=${u%%:*}
+        curl -fsS -o /dev/null -u "$USER_NAME:$USER_PASS" -X PUT -H 'content-type: application/json' \
+            -d "{\"password\":\"$u\",\"tags\":\"$tags\"}" "$(mgmt_url)/api/users/$u" ||
+            die "cannot set the password of RabbitMQ user $u"
+    done
 }
 
 rmq_stop() {

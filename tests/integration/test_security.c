@@ -1,0 +1,163 @@
+/*
+ * test_security.c - least privilege in RabbitMQ: the users of
+ * rabbitmq/definitions.json can do their job and nothing more, and the
+ * broker refuses a spoofed user_id.
+ *
+ * The local stack (tests/stack.sh) gives each of these users its own name
+ * as password.
+ */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "topology.h"
+
+/* amqp://USER:USER@<host:port of AMQP_URL> */
+static const char *url_for(const char *user)
+{
+    static char buf[512];
+    const char *base = getenv("AMQP_URL");
+    const char *at = base ? strrchr(base, '@') : NULL;
+    snprintf(buf, sizeof buf, "amqp://%s:%s@%s", user, user, at ? at + 1 : "127.0.0.1:5673");
+    return buf;
+}
+
+static mq_t *connect_as(const char *user)
+{
+    mq_t *mq;
+    if (mq_connect(url_for(user), "payq security test", 30, &mq) != PAYQ_OK)
+        fail_msg("cannot connect as %s: %s", user, mq_connect_error());
+    return mq;
+}
+
+/* Publishes and waits for the confirm; returns the status (PAYQ_ERR_CLOSED
+ * when the broker closed the channel). */
+static int publish(mq_t *mq, const char *exchange, const char *rk, const char *user_id,
+                   const char *body)
+{
+    amqp_basic_properties_t p;
+    memset(&p, 0, sizeof p);
+    p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
+    p.content_type = amqp_cstring_bytes("application/json");
+    p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+    if (user_id) {
+        p._flags |= AMQP_BASIC_USER_ID_FLAG;
+        p.user_id = amqp_cstring_bytes(user_id);
+    }
+    uint64_t seq;
+    int rc = mq_publish(mq, exchange, rk, false, &p, body, strlen(body), &seq);
+    if (rc == PAYQ_OK)
+        rc = mq_wait_confirms(mq, seq, 10000);
+    return rc;
+}
+
+static void test_publisher(void **state)
+{
+    (void)state;
+    h_init();
+    char body[256];
+    snprintf(body, sizeof body, "{\"account\":\"%s\",\"currency\":\"USD\",\"kind\":\"customer\"}",
+             h_id("sec-acct"));
+
+    /* may publish commands, and consume its own direct replies */
+    mq_t *mq = connect_as("payq-publisher");
+    assert_int_equal(mq_consume_direct_reply(mq), PAYQ_OK);
+    assert_int_equal(publish(mq, PAYQ_X_COMMANDS, "account.open", NULL, body), PAYQ_OK);
+    /* ... with its own user_id; another one is refused by the broker */
+    assert_int_equal(publish(mq, PAYQ_X_COMMANDS, "account.open", "payq-publisher", body),
+                     PAYQ_OK);
+    assert_int_equal(publish(mq, PAYQ_X_COMMANDS, "account.open", "payq-operator", body),
+                     PAYQ_ERR_CLOSED);
+    assert_non_null(strstr(mq_error(mq), "PRECONDITION_FAILED"));
+    mq_close(mq);
+
+    /* may not publish events */
+    mq = connect_as("payq-publisher");
+    assert_int_equal(publish(mq, PAYQ_X_EVENTS, "payment.succeeded", NULL, "{}"),
+                     PAYQ_ERR_CLOSED);
+    assert_non_null(strstr(mq_error(mq), "ACCESS_REFUSED"));
+    mq_close(mq);
+
+    /* may not consume the work queue, nor read the dead letters */
+    mq = connect_as("payq-publisher");
+    assert_int_equal(mq_consume(mq, PAYQ_Q_COMMANDS, 1), PAYQ_ERR_CLOSED);
+    assert_non_null(strstr(mq_error(mq), "ACCESS_REFUSED"));
+    mq_close(mq);
+    mq = connect_as("payq-publisher");
+    struct mq_delivery *d = NULL;
+    assert_int_equal(mq_get(mq, PAYQ_Q_DLQ, &d), PAYQ_ERR_CLOSED);
+    mq_close(mq);
+}
+
+/* The worker's user is enough to run the worker: topology, consume, reply,
+ * dead-letter, retry, events. */
+static void test_worker_user(void **state)
+{
+    (void)state;
+    mq_t *mq = h_mq();
+    char env_url[600];
+    snprintf(env_url, sizeof env_url, "AMQP_URL=%s", url_for("payq-worker"));
+    const char *env[] = { env_url, NULL };
+    pid_t w = h_worker_start(env);
+    const char *acc = h_id("sec-worker-acct");
+    h_open(mq, acc, "EUR", "customer");
+    h_deposit(mq, h_id("sec-dep"), acc, 250, "EUR");
+    assert_int_equal(h_balance(acc), 250);
+    /* a dead letter too */
+    const char *mid = h_id("sec-junk");
+    h_publish(mq, "account.open", mid, "{not json");
+    json_t *r = h_reply(mq, 20000);
+    assert_non_null(r);
+    assert_string_equal(h_code(r), "malformed_json");
+    json_decref(r);
+    struct mq_delivery *d = h_dlq_take(mid, 20000);
+    assert_non_null(d);
+    mq_delivery_free(d);
+    int st = h_worker_stop(w, SIGTERM);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    mq_close(mq);
+}
+
+/* The operator reads the dead letters; the monitor reads the management
+ * API and may not even open an AMQP connection. */
+static void test_operator_and_monitor(void **state)
+{
+    (void)state;
+    mq_t *mq = connect_as("payq-operator");
+    struct mq_delivery *d = NULL;
+    assert_int_equal(mq_get(mq, PAYQ_Q_DLQ, &d), PAYQ_OK);
+    mq_delivery_free(d); /* unacked: back to the queue on close */
+    mq_close(mq);
+    mq = connect_as("payq-operator");
+    assert_int_equal(mq_consume(mq, PAYQ_Q_COMMANDS, 1), PAYQ_ERR_CLOSED);
+    mq_close(mq);
+
+    /* no access to the vhost at all: AMQP refuses the login */
+    assert_int_not_equal(mq_connect(url_for("payq-monitor"), "payq security test", 30, &mq),
+                         PAYQ_OK);
+    assert_non_null(strstr(mq_connect_error(), "refused"));
+    const char *mgmt = getenv("PAYQ_MGMT_URL");
+    char cmd[512];
+    snprintf(cmd, sizeof cmd,
+             "curl -fsS -o /dev/null -u payq-monitor:payq-monitor '%s/api/queues'",
+             mgmt ? mgmt : "http://127.0.0.1:15673");
+    assert_int_equal(system(cmd), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_publisher),
+        cmocka_unit_test(test_worker_user),
+        cmocka_unit_test(test_operator_and_monitor),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
