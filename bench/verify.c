@@ -16,7 +16,7 @@ static const char q_existing[] =
 
 static const char q_ledger[] =
     "WITH acc AS (\n"
-    "  SELECT kind, posted, pending FROM payq.accounts\n"
+    "  SELECT kind, posted, pending FROM payq.account_balances\n"
     "   WHERE starts_with(id, $1 || '-') AND kind IN ('customer', 'merchant')),\n"
     "dep AS (\n"
     "  SELECT count(*) AS n, COALESCE(sum(amount), 0) AS s FROM payq.deposits\n"

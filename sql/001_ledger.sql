@@ -10,10 +10,12 @@ CREATE TABLE payq.accounts (
     id          text PRIMARY KEY,
     currency    char(3) NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
     kind        text NOT NULL CHECK (kind IN ('customer', 'merchant', 'external', 'platform')),
-    -- Running balances for customer and merchant accounts. System accounts
-    -- (external funding, platform fees) touch every posting of a currency, so
-    -- a running balance there would serialize all payments on one row lock:
-    -- their balance is the sum of their entries (view payq.account_balances).
+    -- Running balances for customer wallets only: they are what a payment
+    -- must check (no overdraft) and lock. Merchant and system accounts
+    -- (external funding, card clearing, platform fees) only receive money in
+    -- payments; a running balance there would serialize every payment to the
+    -- same merchant (or to the platform) on one row lock, so their balance is
+    -- the sum of their entries (view payq.account_balances).
     posted      bigint NOT NULL DEFAULT 0,
     pending     bigint NOT NULL DEFAULT 0 CHECK (pending >= 0),
     created_at  timestamptz NOT NULL DEFAULT now(),
@@ -51,12 +53,10 @@ LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE payq.accounts
        SET posted = posted + NEW.amount, updated_at = now()
-     WHERE id = NEW.account_id AND currency = NEW.currency
-       AND kind IN ('customer', 'merchant');
+     WHERE id = NEW.account_id AND currency = NEW.currency AND kind = 'customer';
     IF NOT FOUND THEN
         PERFORM 1 FROM payq.accounts
-         WHERE id = NEW.account_id AND currency = NEW.currency
-           AND kind IN ('external', 'platform');
+         WHERE id = NEW.account_id AND currency = NEW.currency AND kind <> 'customer';
         IF NOT FOUND THEN
             RAISE EXCEPTION 'ledger entry for account % in % does not match an account',
                 NEW.account_id, NEW.currency USING ERRCODE = 'foreign_key_violation';
@@ -182,12 +182,12 @@ CREATE TRIGGER holds_apply AFTER INSERT OR UPDATE ON payq.holds
 -- Every account's balances: posted (settled), pending (held) and available.
 CREATE VIEW payq.account_balances AS
 SELECT a.id, a.currency, a.kind,
-       CASE WHEN a.kind IN ('customer', 'merchant') THEN a.posted
+       CASE WHEN a.kind = 'customer' THEN a.posted
             ELSE COALESCE((SELECT sum(e.amount) FROM payq.ledger_entries e
                             WHERE e.account_id = a.id), 0)::bigint
        END AS posted,
        a.pending,
-       CASE WHEN a.kind IN ('customer', 'merchant') THEN a.posted - a.pending
+       CASE WHEN a.kind = 'customer' THEN a.posted - a.pending
             ELSE COALESCE((SELECT sum(e.amount) FROM payq.ledger_entries e
                             WHERE e.account_id = a.id), 0)::bigint - a.pending
        END AS available,

@@ -561,9 +561,10 @@ BEGIN
                                                          'currency', p.currency));
         END IF;
 
-        -- reserve: lock both accounts in id order (no deadlock between
-        -- payments in opposite directions), then check the available balance.
-        PERFORM 1 FROM payq.accounts WHERE id IN (p.source, p.destination) ORDER BY id FOR UPDATE;
+        -- reserve: lock the wallet, then check its available balance. Only
+        -- the wallet is locked: the merchant's balance is the sum of its
+        -- entries, so payments to one merchant never wait for each other.
+        PERFORM 1 FROM payq.accounts WHERE id = p.source FOR UPDATE;
         PERFORM 1 FROM payq.accounts WHERE id = p.source AND posted - pending >= p.amount;
         IF NOT FOUND THEN
             RETURN payq.payment_fail(p, 'insufficient_funds',

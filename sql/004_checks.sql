@@ -75,7 +75,7 @@ LANGUAGE sql STABLE AS $$
       FROM payq.accounts a
       LEFT JOIN (SELECT account_id, sum(amount) AS total FROM payq.ledger_entries
                   GROUP BY account_id) s ON s.account_id = a.id
-     WHERE a.kind IN ('customer', 'merchant') AND a.posted <> COALESCE(s.total, 0)
+     WHERE a.kind = 'customer' AND a.posted <> COALESCE(s.total, 0)
     UNION ALL
     SELECT 'violation', 'pending = active holds', a.id,
            format('pending %s, active holds %s', a.pending, COALESCE(h.total, 0))

@@ -7,9 +7,10 @@
 -- its neighbours commit) and returns one result per command, in order:
 -- what payq.apply_command() returns, or {"error": {"sqlstate", "message"}}.
 --
--- Before anything else it locks every account the batch names, in id order,
--- so two batches can never deadlock on accounts they both touch (a payment
--- locks its source and destination; a batch holds those locks to COMMIT).
+-- Before anything else it locks every wallet the batch names, in id order,
+-- so two batches can never deadlock on wallets they both touch (a payment
+-- locks its source wallet; a batch holds those locks to COMMIT). Merchant
+-- and system accounts are never locked: their balances are sums of entries.
 CREATE FUNCTION payq.apply_batch(p_commands jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -23,7 +24,8 @@ BEGIN
            LATERAL (VALUES (cmd->'body'->>'account'), (cmd->'body'->>'source'),
                            (cmd->'body'->>'destination')) AS v(x)
      WHERE x IS NOT NULL AND NOT starts_with(x, 'tok_');
-    PERFORM 1 FROM payq.accounts WHERE id = ANY(ids) ORDER BY id FOR UPDATE;
+    PERFORM 1 FROM payq.accounts WHERE id = ANY(ids) AND kind = 'customer' ORDER BY id
+        FOR UPDATE;
 
     FOR c IN SELECT value FROM jsonb_array_elements(p_commands) LOOP
         BEGIN
