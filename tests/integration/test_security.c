@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -152,12 +154,114 @@ static void test_operator_and_monitor(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* Creates (or deletes, when password is NULL) a RabbitMQ user with the
+ * worker's permissions through the management API. */
+static void mgmt_user(const char *user, const char *password)
+{
+    const char *mgmt = getenv("PAYQ_MGMT_URL");
+    char cmd[1024];
+    if (password) {
+        snprintf(cmd, sizeof cmd,
+                 "curl -fsS -o /dev/null -u payq:payq -X PUT -H 'content-type: application/json'"
+                 " -d '{\"password\":\"%s\",\"tags\":\"\"}' '%s/api/users/%s' &&"
+                 " curl -fsS -o /dev/null -u payq:payq -X PUT -H 'content-type: application/json'"
+                 " -d '{\"configure\":\"^payq\\\\.\",\"write\":\"^(payq\\\\.|amq\\\\.default$)\","
+                 "\"read\":\"^payq\\\\.\"}' '%s/api/permissions/%%2f/%s'",
+                 password, mgmt ? mgmt : "http://127.0.0.1:15673", user,
+                 mgmt ? mgmt : "http://127.0.0.1:15673", user);
+    } else {
+        snprintf(cmd, sizeof cmd, "curl -fsS -o /dev/null -u payq:payq -X DELETE '%s/api/users/%s'",
+                 mgmt ? mgmt : "http://127.0.0.1:15673", user);
+    }
+    assert_int_equal(system(cmd), 0);
+}
+
+/* Secrets and card numbers never reach a log line or a table: a worker run
+ * with a distinctive password in its broker URL (and the database's in its
+ * own), fed a card number where a token belongs, logs neither; the
+ * database holds no trace of the card number. */
+static void test_no_secret_or_card_in_logs(void **state)
+{
+    (void)state;
+    char user[64], password[64], url[256], env_url[300];
+    snprintf(user, sizeof user, "payq-secret-%d", (int)getpid());
+    snprintf(password, sizeof password, "Zq7-%lx-%d-never-logged", (unsigned long)time(NULL),
+             (int)getpid());
+    mgmt_user(user, password);
+    const char *base = getenv("AMQP_URL");
+    const char *at = base ? strrchr(base, '@') : NULL;
+    snprintf(url, sizeof url, "amqp://%s:%s@%s", user, password, at ? at + 1 : "127.0.0.1:5673");
+    snprintf(env_url, sizeof env_url, "AMQP_URL=%s", url);
+
+    mq_t *mq = h_mq();
+    const char *env[] = { env_url, NULL };
+    pid_t w = h_worker_start(env);
+    const char *card = "4111111111111111";
+    const char *pid = h_id("sec-card-pay"), *mid = h_id("sec-card-msg");
+    char body[512];
+    snprintf(body, sizeof body,
+             "{\"payment_id\":\"%s\",\"amount\":100,\"currency\":\"USD\","
+             "\"source\":\"%s\",\"destination\":\"shop\",\"capture\":true,"
+             "\"description\":\"card %s\"}",
+             pid, card, card);
+    h_publish(mq, "payment.create", mid, body);
+    json_t *r = h_reply(mq, 20000);
+    assert_non_null(r);
+    assert_string_equal(h_code(r), "raw_card_number");
+    json_decref(r);
+    struct mq_delivery *d = h_dlq_take(mid, 20000);
+    assert_non_null(d);
+    assert_null(memmem(d->message.body.bytes, d->message.body.len, card, strlen(card)));
+    mq_delivery_free(d);
+    int st = h_worker_stop(w, SIGTERM);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    mgmt_user(user, NULL);
+
+    /* The database URL's credentials as they would appear unredacted. */
+    char db_cred[256] = "";
+    const char *db = getenv("DATABASE_URL");
+    const char *scheme = db ? strstr(db, "://") : NULL;
+    const char *db_at = db ? strrchr(db, '@') : NULL;
+    if (scheme && db_at && db_at > scheme + 3)
+        snprintf(db_cred, sizeof db_cred, "%.*s@", (int)(db_at - scheme - 3), scheme + 3);
+
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "cat %s/tests/worker-*-%d.log", PAYQ_BINARY_DIR, (int)getpid());
+    FILE *f = popen(cmd, "r");
+    assert_non_null(f);
+    char line[8192];
+    int lines = 0, redacted = 0;
+    while (fgets(line, sizeof line, f)) {
+        lines++;
+        assert_null(strstr(line, card));
+        if (strstr(line, password))
+            fail_msg("a log line shows the broker password: %s", line);
+        if (db_cred[0] && strchr(db_cred, ':') && strstr(line, db_cred))
+            fail_msg("a log line shows the database credentials: %s", line);
+        redacted += strstr(line, ":***@") != NULL;
+    }
+    pclose(f);
+    assert_true(lines > 0);
+    assert_true(redacted > 0); /* the URL was logged, with its password masked */
+
+    /* Nowhere in the database either (the payment was never created). */
+    const char *p[1] = { card };
+    assert_int_equal(h_int("SELECT (SELECT count(*) FROM payq.payments WHERE source = $1)"
+                           " + (SELECT count(*) FROM payq.dead_letters"
+                           "     WHERE position(convert_to($1, 'UTF8') IN body) > 0)"
+                           " + (SELECT count(*) FROM payq.failures WHERE error LIKE '%' || $1 || '%')",
+                           1, p),
+                     0);
+    mq_close(mq);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_publisher),
         cmocka_unit_test(test_worker_user),
         cmocka_unit_test(test_operator_and_monitor),
+        cmocka_unit_test(test_no_secret_or_card_in_logs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
