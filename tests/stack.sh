@@ -408,6 +408,13 @@ EOF
 SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'user')
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'db') \gexec
 EOF
+    # The least-privilege runtime role (password payq_worker, development
+    # only): the migrations grant it what a worker needs and no more (see
+    # sql/008_worker_role.sql); payq, the owner, runs the migrations.
+    pg_psql -d postgres <<'EOF'
+SELECT 'CREATE ROLE payq_worker LOGIN PASSWORD ''payq_worker'''
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'payq_worker') \gexec
+EOF
 }
 
 pg_stop() {

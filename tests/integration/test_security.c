@@ -255,6 +255,84 @@ static void test_no_secret_or_card_in_logs(void **state)
     mq_close(mq);
 }
 
+/* DATABASE_URL with the least-privilege runtime role payq_worker. */
+static const char *worker_db_url(void)
+{
+    static char buf[512];
+    const char *db = getenv("DATABASE_URL");
+    const char *at = db ? strrchr(db, '@') : NULL;
+    snprintf(buf, sizeof buf, "postgresql://payq_worker:payq_worker@%s",
+             at ? at + 1 : "127.0.0.1:5433/payq");
+    return buf;
+}
+
+/* The worker runs everything as payq_worker (a wallet payment, a card
+ * payment through the provider, a dead letter), and that role can neither
+ * change the schema nor rewrite history. */
+static void test_postgres_worker_role(void **state)
+{
+    (void)state;
+    PGconn *c = PQconnectdb(worker_db_url());
+    if (PQstatus(c) != CONNECTION_OK)
+        fail_msg("cannot connect as payq_worker: %s", PQerrorMessage(c));
+    static const char *const refused[] = {
+        "CREATE TABLE payq.intruder (a int)",
+        "ALTER TABLE payq.payments ADD COLUMN intruder int",
+        "DROP TABLE payq.outbox",
+        "UPDATE payq.ledger_entries SET amount = amount WHERE false",
+        "DELETE FROM payq.payment_events WHERE false",
+        "DELETE FROM payq.payments WHERE false",
+        "TRUNCATE payq.inbox",
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        PGresult *r = PQexec(c, refused[i]);
+        const char *sqlstate = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+        if (!sqlstate || strcmp(sqlstate, "42501") != 0)
+            fail_msg("payq_worker was not refused: %s (%s)", refused[i],
+                     sqlstate ? sqlstate : "ok");
+        PQclear(r);
+    }
+    PQfinish(c);
+
+    char env_db[600];
+    snprintf(env_db, sizeof env_db, "DATABASE_URL=%s", worker_db_url());
+    const char *env[] = { env_db, "PAYQ_NO_MIGRATE=1", NULL };
+    mq_t *mq = h_mq();
+    pid_t w = h_worker_start(env);
+    const char *cust = h_id("pgr-cust"), *shop = h_id("pgr-shop");
+    h_open(mq, cust, "USD", "customer");
+    h_open(mq, shop, "USD", "merchant");
+    h_deposit(mq, h_id("pgr-dep"), cust, 900, "USD");
+    char body[512];
+    snprintf(body, sizeof body,
+             "{\"payment_id\":\"%s\",\"amount\":400,\"currency\":\"USD\",\"source\":\"%s\","
+             "\"destination\":\"%s\",\"capture\":true}", h_id("pgr-pay1"), cust, shop);
+    json_t *r = h_call(mq, "payment.create", NULL, body);
+    assert_string_equal(h_status(r), "succeeded");
+    json_decref(r);
+    snprintf(body, sizeof body,
+             "{\"payment_id\":\"%s\",\"amount\":300,\"currency\":\"USD\",\"source\":\"tok_visa\","
+             "\"destination\":\"%s\",\"capture\":true}", h_id("pgr-pay2"), shop);
+    r = h_call(mq, "payment.create", NULL, body);
+    assert_string_equal(h_status(r), "succeeded");
+    json_decref(r);
+    const char *mid = h_id("pgr-junk");
+    h_publish(mq, "account.open", mid, "{not json");
+    r = h_reply(mq, 20000);
+    assert_non_null(r);
+    assert_string_equal(h_code(r), "malformed_json");
+    json_decref(r);
+    struct mq_delivery *d = h_dlq_take(mid, 20000);
+    assert_non_null(d);
+    assert_true(strlen(h_header(d, "x-payq-dead-letter-id")) == 36); /* archived */
+    mq_delivery_free(d);
+    assert_int_equal(h_balance(cust), 500);
+    assert_int_equal(h_balance(shop), 700);
+    int st = h_worker_stop(w, SIGTERM);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    mq_close(mq);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -262,6 +340,7 @@ int main(void)
         cmocka_unit_test(test_worker_user),
         cmocka_unit_test(test_operator_and_monitor),
         cmocka_unit_test(test_no_secret_or_card_in_logs),
+        cmocka_unit_test(test_postgres_worker_role),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
