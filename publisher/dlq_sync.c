@@ -36,18 +36,6 @@
 
 /* ---- reading a queue message -------------------------------------------- */
 
-static const amqp_field_value_t *header(const amqp_basic_properties_t *p, const char *name)
-{
-    if (!(p->_flags & AMQP_BASIC_HEADERS_FLAG))
-        return NULL;
-    size_t n = strlen(name);
-    for (int i = 0; i < p->headers.num_entries; i++) {
-        const amqp_table_entry_t *e = &p->headers.entries[i];
-        if (e->key.len == n && memcmp(e->key.bytes, name, n) == 0)
-            return &e->value;
-    }
-    return NULL;
-}
 
 /* Text fit for a PostgreSQL text parameter: no NUL, valid UTF-8 (other
  * bytes become '?'). Caller frees; NULL when out of memory. */
@@ -85,7 +73,7 @@ static char *pg_text(const void *bytes, size_t len)
 /* A header as text for PostgreSQL (string headers only), or NULL. */
 static char *header_text(const amqp_basic_properties_t *p, const char *name)
 {
-    const amqp_field_value_t *v = header(p, name);
+    const amqp_field_value_t *v = mq_header(p, name);
     if (!v || (v->kind != AMQP_FIELD_KIND_UTF8 && v->kind != AMQP_FIELD_KIND_BYTES))
         return NULL;
     return pg_text(v->value.bytes.bytes, v->value.bytes.len);
@@ -98,7 +86,7 @@ static bool header_int(const amqp_basic_properties_t *p, const char *name, int64
 
 static bool header_true(const amqp_basic_properties_t *p, const char *name)
 {
-    const amqp_field_value_t *v = header(p, name);
+    const amqp_field_value_t *v = mq_header(p, name);
     return v && v->kind == AMQP_FIELD_KIND_BOOLEAN && v->value.boolean;
 }
 
@@ -122,11 +110,11 @@ static char *prop_text(amqp_flags_t flags, amqp_flags_t flag, amqp_bytes_t b)
  * (x-first-death-reason, or the first x-death entry). */
 static bool poison(const amqp_basic_properties_t *p)
 {
-    const amqp_field_value_t *v = header(p, "x-first-death-reason");
+    const amqp_field_value_t *v = mq_header(p, "x-first-death-reason");
     if (v && (v->kind == AMQP_FIELD_KIND_UTF8 || v->kind == AMQP_FIELD_KIND_BYTES) &&
         v->value.bytes.len == 14 && memcmp(v->value.bytes.bytes, "delivery_limit", 14) == 0)
         return true;
-    v = header(p, "x-death");
+    v = mq_header(p, "x-death");
     if (!v || v->kind != AMQP_FIELD_KIND_ARRAY || v->value.array.num_entries < 1 ||
         v->value.array.entries[0].kind != AMQP_FIELD_KIND_TABLE)
         return false;

@@ -595,7 +595,7 @@ int mq_pump(mq_t *mq, int timeout_ms)
     }
 }
 
-static const amqp_table_entry_t *find_header(const amqp_basic_properties_t *p, const char *name)
+const amqp_field_value_t *mq_header(const amqp_basic_properties_t *p, const char *name)
 {
     if (!(p->_flags & AMQP_BASIC_HEADERS_FLAG))
         return NULL;
@@ -603,26 +603,25 @@ static const amqp_table_entry_t *find_header(const amqp_basic_properties_t *p, c
     for (int i = 0; i < p->headers.num_entries; i++) {
         const amqp_table_entry_t *e = &p->headers.entries[i];
         if (e->key.len == n && memcmp(e->key.bytes, name, n) == 0)
-            return e;
+            return &e->value;
     }
     return NULL;
 }
 
 bool mq_header_str(const amqp_basic_properties_t *p, const char *name, amqp_bytes_t *out)
 {
-    const amqp_table_entry_t *e = find_header(p, name);
-    if (!e || (e->value.kind != AMQP_FIELD_KIND_UTF8 && e->value.kind != AMQP_FIELD_KIND_BYTES))
+    const amqp_field_value_t *v = mq_header(p, name);
+    if (!v || (v->kind != AMQP_FIELD_KIND_UTF8 && v->kind != AMQP_FIELD_KIND_BYTES))
         return false;
-    *out = e->value.value.bytes;
+    *out = v->value.bytes;
     return true;
 }
 
 bool mq_header_int(const amqp_basic_properties_t *p, const char *name, int64_t *out)
 {
-    const amqp_table_entry_t *e = find_header(p, name);
-    if (!e)
+    const amqp_field_value_t *v = mq_header(p, name);
+    if (!v)
         return false;
-    const amqp_field_value_t *v = &e->value;
     switch (v->kind) {
     case AMQP_FIELD_KIND_I8: *out = v->value.i8; return true;
     case AMQP_FIELD_KIND_U8: *out = v->value.u8; return true;

@@ -118,6 +118,9 @@ int mq_pump(mq_t *mq, int timeout_ms) PAYQ_MUSTCHECK;
 /* The sequence number the next publish will get, minus one. */
 uint64_t mq_last_seq(const mq_t *mq);
 
+/* The value of header `name`, or NULL when absent. Points into p. */
+const amqp_field_value_t *mq_header(const amqp_basic_properties_t *p, const char *name);
+
 /* Looks up a header in a properties table: string (longstr) or integer
  * (any integer type). Return false when absent or of another type. */
 bool mq_header_str(const amqp_basic_properties_t *p, const char *name, amqp_bytes_t *out);

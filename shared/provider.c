@@ -21,6 +21,25 @@ void provider_free(provider_t *p)
         p->ops->free(p);
 }
 
+bool provider_step(provider_t *p, const json_t *call, char **answer, char *err, size_t errlen,
+                   long *retry_after_ms)
+{
+    struct prov_answer a;
+    int rc = provider_call(p, call, &a);
+    *retry_after_ms = 0;
+    if (rc != PAYQ_OK || a.status == PROV_TRANSIENT) {
+        snprintf(err, errlen, "%s", rc != PAYQ_OK ? payq_strerror(rc) : a.error);
+        *retry_after_ms = a.retry_after_ms;
+        prov_answer_clear(&a);
+        return false;
+    }
+    free(*answer);
+    *answer = a.json;
+    a.json = NULL;
+    prov_answer_clear(&a);
+    return true;
+}
+
 void prov_answer_clear(struct prov_answer *a)
 {
     free(a->json);

@@ -17,6 +17,9 @@
 #ifndef PAYQ_PROVIDER_H
 #define PAYQ_PROVIDER_H
 
+#include <stdbool.h>
+#include <stddef.h>
+
 #include <jansson.h>
 
 #include "db.h"
@@ -50,6 +53,17 @@ struct provider {
  * PAYQ_OK whenever *out was filled, whatever its status. */
 int provider_call(provider_t *p, const json_t *call, struct prov_answer *out) PAYQ_MUSTCHECK;
 void provider_free(provider_t *p);
+
+/*
+ * One step of a saga's conversation with the provider: makes the call and,
+ * on a definite answer (approved or declined), replaces *answer (freeing the
+ * old one) with the answer's JSON for the next phase, and returns true.
+ * Returns false when the call failed transiently: err says why,
+ * *retry_after_ms how long the provider asked to wait (0 = no wish), and
+ * *answer is unchanged.
+ */
+bool provider_step(provider_t *p, const json_t *call, char **answer, char *err, size_t errlen,
+                   long *retry_after_ms);
 void prov_answer_clear(struct prov_answer *a);
 
 struct provider_sim_opts {

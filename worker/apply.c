@@ -326,23 +326,17 @@ static void run_phases(db_t *db, const struct prepared *pc, const struct apply_o
             break;
         }
         fault_hit(opts->fault, "before_provider_call");
-        struct prov_answer a;
-        int rc = provider_call(opts->provider, call, &a);
+        char why[256];
+        bool answered = provider_step(opts->provider, call, &answer, why, sizeof why,
+                                      &o->retry_after_ms);
         json_decref(result);
         fault_hit(opts->fault, "after_provider_call");
-        if (rc != PAYQ_OK || a.status == PROV_TRANSIENT) {
+        if (!answered) {
             o->kind = OUTCOME_RETRY;
             o->dependency = true;
-            o->retry_after_ms = a.retry_after_ms;
-            snprintf(o->error, sizeof o->error, "payment provider: %s",
-                     rc != PAYQ_OK ? payq_strerror(rc) : a.error);
-            prov_answer_clear(&a);
+            snprintf(o->error, sizeof o->error, "payment provider: %s", why);
             break;
         }
-        free(answer);
-        answer = a.json;
-        a.json = NULL;
-        prov_answer_clear(&a);
     }
     free(answer);
     json_decref(first);

@@ -661,19 +661,15 @@ static void resume_payment(struct thread_ctx *t, const char *pid)
             json_decref(r);
             break;
         }
-        struct prov_answer a;
-        int rc = provider_call(t->provider, call, &a);
+        char why[256];
+        long retry_after_ms;
+        bool answered = provider_step(t->provider, call, &answer, why, sizeof why,
+                                      &retry_after_ms);
         json_decref(r);
-        if (rc != PAYQ_OK || a.status == PROV_TRANSIENT) {
-            log_info("reaper: payment %s waits: the provider is unavailable (%s)", pid,
-                     rc != PAYQ_OK ? payq_strerror(rc) : a.error);
-            prov_answer_clear(&a);
+        if (!answered) {
+            log_info("reaper: payment %s waits: the provider is unavailable (%s)", pid, why);
             break;
         }
-        free(answer);
-        answer = a.json;
-        a.json = NULL;
-        prov_answer_clear(&a);
     }
     free(answer);
 }
