@@ -13,6 +13,8 @@
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
 
+#include "mqurl.h"
+
 static int open_socket(amqp_connection_state_t conn, const struct amqp_connection_info *ci,
                        char *err, size_t errlen)
 {
@@ -62,8 +64,8 @@ static int rpc_error(amqp_rpc_reply_t r, const char *what, char *err, size_t err
     return PAYQ_ERR_AMQP;
 }
 
-int broker_queue_stats(const char *url, const char *queue, uint32_t *messages, uint32_t *consumers,
-                       char *err, size_t errlen)
+static int stats_one(const char *url, const char *queue, uint32_t *messages, uint32_t *consumers,
+                     char *err, size_t errlen)
 {
     char *copy = strdup(url ? url : "");
     amqp_connection_state_t conn = NULL;
@@ -108,5 +110,25 @@ fail:
         amqp_destroy_connection(conn);
     }
     free(copy);
+    return rc;
+}
+
+/* AMQP_URL may list the nodes of a cluster: the first that answers. */
+int broker_queue_stats(const char *url, const char *queue, uint32_t *messages, uint32_t *consumers,
+                       char *err, size_t errlen)
+{
+    size_t n = mq_url_count(url);
+    int rc = PAYQ_ERR_AMQP;
+    char one[1024];
+    for (size_t k = 0; k < n; k++) {
+        if ((rc = mq_url_at(url, k, one, sizeof one, err, errlen)) != PAYQ_OK) {
+            if (rc == PAYQ_ERR_RANGE)
+                snprintf(err, errlen, "an AMQP_URL address is too long");
+            return PAYQ_ERR_CONFIG;
+        }
+        rc = stats_one(one, queue, messages, consumers, err, errlen);
+        if (rc == PAYQ_OK || rc == PAYQ_ERR_CONFIG)
+            return rc;
+    }
     return rc;
 }

@@ -34,7 +34,8 @@
  */
 static const struct cfg_opt options[] = {
     OPT("amqp-url", "AMQP_URL", CFG_SECRET, "amqp://guest:guest@localhost:5672", 0, 0, amqp_url,
-        "URL", "RabbitMQ (replay, discard, sync, import)"),
+        "URL[,URL...]",
+        "RabbitMQ (replay, discard, sync, import); a cluster's nodes comma-separated"),
     OPT("database-url", "DATABASE_URL", CFG_SECRET, NULL, 0, 0, database_url, "URL",
         "PostgreSQL URI or keyword string; unset = libpq's PG* variables"),
     OPT("queue", "PAYQ_DLQ", CFG_STR, PAYQ_Q_DLQ, 0, 0, queue, "NAME",

@@ -26,7 +26,8 @@
 
 static const struct cfg_opt options[] = {
     OPT("amqp-url", "AMQP_URL", CFG_SECRET, "amqp://guest:guest@localhost:5672", 0, 0, amqp_url,
-        "URL", "RabbitMQ to publish to (amqp:// or amqps://)"),
+        "URL[,URL...]",
+        "RabbitMQ to publish to (amqp:// or amqps://; a cluster's nodes comma-separated)"),
     OPT("wait", NULL, CFG_BOOL, NULL, 0, 0, wait, NULL,
         "wait for the worker's reply, print it on stdout, exit with its status"),
     OPT("timeout", "PAYQ_TIMEOUT", CFG_INT, "30", 1, 86400, timeout, "SEC",

@@ -231,6 +231,52 @@ void cfg_usage(FILE *out, const struct cfg_opt *opts)
     }
 }
 
+/*
+ * One URL or a comma-separated list of them (AMQP_URL naming the nodes of a
+ * cluster, libpq's multi-host URIs). Each URL's authority runs from its
+ * "://" to the first '/' or to the scheme of the next URL in the list; a
+ * password is whatever lies between the first ':' and the last '@' of the
+ * authority, so an unencoded ',' or '@' in a password is masked too.
+ */
+static void redact_url_list(const char *url, char *out, size_t len)
+{
+    size_t used = 0;
+    const char *p = url;
+    out[0] = 0;
+    while (*p && used + 1 < len) {
+        const char *scheme = strstr(p, "://");
+        const char *auth = scheme ? scheme + 3 : p + strlen(p);
+        const char *end = auth;
+        const char *next = scheme ? strstr(auth, "://") : NULL;
+        if (next) /* back from the next "://" to the comma before its scheme */
+            while (next > auth && next[-1] != ',')
+                next--;
+        while (*end && *end != '/' && (!next || end < next))
+            end++;
+        const char *at = NULL, *colon = NULL;
+        for (const char *q = auth; q < end; q++) {
+            if (*q == '@')
+                at = q;
+            if (*q == ':' && !colon)
+                colon = q;
+        }
+        if (at && colon && colon < at) {
+            int n = snprintf(out + used, len - used, "%.*s:***", (int)(colon - p), p);
+            used = n < 0 ? len : used + (size_t)n;
+            p = at;
+        }
+        if (used + 1 >= len)
+            break;
+        /* Copy up to the next URL's start (or the end). */
+        const char *stop = next && next > p ? next : p + strlen(p);
+        int n = snprintf(out + used, len - used, "%.*s", (int)(stop - p), p);
+        used = n < 0 ? len : used + (size_t)n;
+        p = stop;
+    }
+    if (used >= len)
+        out[len - 1] = 0;
+}
+
 void cfg_redact_url(const char *url, char *out, size_t len)
 {
     if (!len)
@@ -239,17 +285,8 @@ void cfg_redact_url(const char *url, char *out, size_t len)
         snprintf(out, len, "(unset)");
         return;
     }
-    const char *scheme = strstr(url, "://");
-    if (scheme) {
-        const char *auth = scheme + 3;
-        const char *at = strchr(auth, '@');
-        const char *slash = strchr(auth, '/');
-        const char *colon = strchr(auth, ':');
-        if (at && (!slash || at < slash) && colon && colon < at) {
-            snprintf(out, len, "%.*s:***%s", (int)(colon - url), url, at);
-            return;
-        }
-        snprintf(out, len, "%s", url);
+    if (strstr(url, "://")) {
+        redact_url_list(url, out, len);
         return;
     }
     /* libpq keyword/value string: mask the value of password=... */

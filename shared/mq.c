@@ -4,22 +4,26 @@
  */
 #include "mq.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
 
 #include "log.h"
+#include "mqurl.h"
 #include "topology.h"
 
 struct mq {
     amqp_connection_state_t conn;
     bool broken;
     char error[256];
+    char peer[128]; /* "host:port" of the broker, for logs */
 
     /* Deliveries read while waiting for something else, oldest first. */
     struct mq_delivery *head, *tail;
@@ -131,11 +135,15 @@ static int open_socket(mq_t *mq, const struct amqp_connection_info *ci)
     return PAYQ_OK;
 }
 
-static _Thread_local char connect_error[256];
+static _Thread_local char connect_error[512];
 
 const char *mq_connect_error(void) { return connect_error; }
 
-int mq_connect(const char *url, const char *name, int heartbeat, mq_t **out)
+const char *mq_peer(const mq_t *mq) { return mq->peer; }
+
+/* Connects to one broker; on failure *out is untouched and why (no
+ * credentials) is in connect_error. */
+static int connect_one(const char *url, const char *name, int heartbeat, mq_t **out)
 {
     connect_error[0] = 0;
     mq_t *mq = calloc(1, sizeof *mq);
@@ -153,6 +161,7 @@ int mq_connect(const char *url, const char *name, int heartbeat, mq_t **out)
         rc = PAYQ_ERR_CONFIG;
         goto fail;
     }
+    snprintf(mq->peer, sizeof mq->peer, "%s:%d", ci.host, ci.port);
     if (!(mq->conn = amqp_new_connection()))
         goto fail;
     if ((rc = open_socket(mq, &ci)) != PAYQ_OK)
@@ -187,10 +196,48 @@ int mq_connect(const char *url, const char *name, int heartbeat, mq_t **out)
     *out = mq;
     return PAYQ_OK;
 fail:
-    snprintf(connect_error, sizeof connect_error, "%s",
-             mq && mq->error[0] ? mq->error : payq_strerror(rc));
+    if (mq && mq->peer[0])
+        snprintf(connect_error, sizeof connect_error, "%s: %s", mq->peer,
+                 mq->error[0] ? mq->error : payq_strerror(rc));
+    else
+        snprintf(connect_error, sizeof connect_error, "%s",
+                 mq && mq->error[0] ? mq->error : payq_strerror(rc));
     free(copy);
     mq_close(mq);
+    return rc;
+}
+
+/* Where the next mq_connect of this process starts in the address list:
+ * round robin, so the threads of a process spread over the nodes, offset by
+ * the pid, so processes started together do not all begin with node 1. */
+static atomic_uint next_start;
+
+int mq_connect(const char *url, const char *name, int heartbeat, mq_t **out)
+{
+    size_t n = mq_url_count(url);
+    if (n == 1)
+        return connect_one(url, name, heartbeat, out);
+    size_t start = (atomic_fetch_add(&next_start, 1) + (unsigned)getpid()) % n;
+    char addr[1024], why[sizeof connect_error] = "";
+    size_t used = 0;
+    int rc = PAYQ_ERR_AMQP;
+    for (size_t k = 0; k < n; k++) {
+        char err[256];
+        rc = mq_url_at(url, (start + k) % n, addr, sizeof addr, err, sizeof err);
+        if (rc != PAYQ_OK) {
+            snprintf(connect_error, sizeof connect_error, "%s",
+                     rc == PAYQ_ERR_CONFIG ? err : "an AMQP_URL address is too long");
+            return PAYQ_ERR_CONFIG;
+        }
+        rc = connect_one(addr, name, heartbeat, out);
+        if (rc == PAYQ_OK || rc == PAYQ_ERR_CONFIG || rc == PAYQ_ERR_NOMEM)
+            return rc;
+        /* Every node's reason, in the order tried. */
+        int w = snprintf(why + used, sizeof why - used, "%s%s", used ? "; " : "", connect_error);
+        if (w > 0)
+            used = used + (size_t)w < sizeof why ? used + (size_t)w : sizeof why - 1;
+    }
+    snprintf(connect_error, sizeof connect_error, "no broker of %zu answered: %s", n, why);
     return rc;
 }
 

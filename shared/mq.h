@@ -50,8 +50,17 @@ void mq_delivery_free(struct mq_delivery *d);
  * the system CAs or the file in AMQP_CACERT), logs in, opens both channels and
  * puts the publish channel in confirm mode. `name` is shown as the
  * connection name in the management UI. heartbeat in seconds (0 = off).
+ *
+ * url may list several brokers, the nodes of a cluster (mqurl.h): they are
+ * tried in turn, each call of the process starting one further along the
+ * list (offset by the pid), so threads and processes spread over the nodes
+ * and a reconnect after a node is lost begins with another node. One round
+ * over the list per call: the caller's backoff spaces the rounds.
  */
 int mq_connect(const char *url, const char *name, int heartbeat, mq_t **out) PAYQ_MUSTCHECK;
+
+/* "host:port" of the broker this connection reached (no credentials). */
+const char *mq_peer(const mq_t *mq);
 
 /* Why this thread's last mq_connect failed (like errno: thread-local, valid
  * until the next call); never contains credentials. */

@@ -34,7 +34,9 @@
 
 static const struct cfg_opt options[] = {
     OPT("amqp-url", "AMQP_URL", CFG_SECRET, "amqp://guest:guest@localhost:5672", 0, 0, amqp_url,
-        "URL", "RabbitMQ to consume from (amqp:// or amqps://user:password@host:port/vhost)"),
+        "URL[,URL...]",
+        "RabbitMQ to consume from (amqp:// or amqps://user:password@host:port/vhost); the nodes "
+        "of a cluster as a comma-separated list, later ones also as host:port, tried in turn"),
     OPT("database-url", "DATABASE_URL", CFG_SECRET, "", 0, 0, database_url, "URL",
         "PostgreSQL to apply commands to (postgresql://user:password@host:port/db); "
         "empty = libpq's PGHOST, PGUSER, ... variables"),

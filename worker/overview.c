@@ -8,8 +8,9 @@
  * consumer count, exactly and at once. mq.h's mq_t hides its connection and
  * reports only the ready count, so this file opens its own small rabbitmq-c
  * connection (same URL rules as mq_connect: amqp:// or amqps:// with
- * AMQP_CACERT). A missing queue makes the broker close the channel: we answer
- * close-ok and go on with a new channel. Unacked counts exist only in the
+ * AMQP_CACERT; of a list of cluster nodes, the first that answers). A
+ * missing queue makes the broker close the channel: we answer close-ok and
+ * go on with a new channel. Unacked counts exist only in the
  * management API, read with curl when it answers; its figures lag by the
  * broker's statistics interval (5 s by default), so "-" when it does not.
  *
@@ -35,6 +36,7 @@
 #include "config.h"
 #include "log.h"
 #include "money.h"
+#include "mqurl.h"
 #include "topology.h"
 
 /* ---- broker ------------------------------------------------------------ */
@@ -279,22 +281,39 @@ static int gather_queues(const struct status_config *cfg, json_t *st, char *err,
 {
     struct broker b = { 0 };
     struct amqp_connection_info ci;
-    char *copy = strdup(cfg->amqp_url ? cfg->amqp_url : "");
+    char *copy = NULL, url[1024];
     json_t *mgmt = NULL;
-    int rc = PAYQ_ERR_NOMEM;
-    if (!copy)
-        goto fail;
-    amqp_default_connection_info(&ci);
-    if (*copy && amqp_parse_url(copy, &ci) != AMQP_STATUS_OK) {
-        snprintf(err, errlen,
-                 "cannot parse the AMQP URL (expected amqp://user:password@host:port/vhost)");
-        rc = PAYQ_ERR_CONFIG;
-        goto fail;
+    int rc = PAYQ_ERR_AMQP;
+    /* AMQP_URL may name several nodes of a cluster: the first that answers. */
+    size_t naddr = mq_url_count(cfg->amqp_url);
+    for (size_t k = 0; k < naddr && rc != PAYQ_OK; k++) {
+        if ((rc = mq_url_at(cfg->amqp_url, k, url, sizeof url, err, errlen)) != PAYQ_OK) {
+            if (rc == PAYQ_ERR_RANGE)
+                snprintf(err, errlen, "an AMQP_URL address is too long");
+            rc = PAYQ_ERR_CONFIG;
+            goto fail;
+        }
+        free(copy);
+        if (!(copy = strdup(url))) {
+            rc = PAYQ_ERR_NOMEM;
+            goto fail;
+        }
+        amqp_default_connection_info(&ci);
+        if (*copy && amqp_parse_url(copy, &ci) != AMQP_STATUS_OK) {
+            snprintf(err, errlen,
+                     "cannot parse the AMQP URL (expected amqp://user:password@host:port/vhost)");
+            rc = PAYQ_ERR_CONFIG;
+            goto fail;
+        }
+        broker_close(&b);
+        memset(&b, 0, sizeof b);
+        if ((rc = broker_open(&b, &ci)) != PAYQ_OK)
+            snprintf(err, errlen, "%s%s%s:%d: %s", naddr > 1 ? "no broker answered; last " : "",
+                     naddr > 1 ? "tried " : "", ci.host, ci.port,
+                     b.error[0] ? b.error : payq_strerror(rc));
     }
-    if ((rc = broker_open(&b, &ci)) != PAYQ_OK) {
-        snprintf(err, errlen, "%s", b.error[0] ? b.error : payq_strerror(rc));
+    if (rc != PAYQ_OK)
         goto fail;
-    }
     if (cfg->mgmt_url && *cfg->mgmt_url)
         mgmt = mgmt_queues(cfg->mgmt_url, &ci);
 

@@ -917,8 +917,8 @@ void *worker_thread(void *arg)
         if (was_connected)
             metrics_reconnect("amqp");
         was_connected = true;
-        log_info("thread %d consuming %s (prefetch %ld)", t.index, t.cfg->queue,
-                 t.cfg->prefetch);
+        log_info("thread %d consuming %s on %s (prefetch %ld)", t.index, t.cfg->queue,
+                 mq_peer(t.mq), t.cfg->prefetch);
         long long next_maintenance = 0;
         double next_db_watch = 0;
         struct mq_delivery **batch = calloc((size_t)t.cfg->batch, sizeof *batch);

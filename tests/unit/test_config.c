@@ -1,6 +1,7 @@
 /*
  * test_config.c - settings: defaults < environment < flags, bounds, files
- * for secrets, and URLs that never show a password.
+ * for secrets, URLs that never show a password, and AMQP_URL's list of
+ * broker addresses.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,6 +14,7 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "mqurl.h"
 
 struct cfg {
     const char *url;
@@ -141,13 +143,91 @@ static void test_redact(void **state)
         { "postgresql://payq@db/payq", "postgresql://payq@db/payq" },
         { "host=db password=secret user=x", "host=db password=*** user=x" },
         { "host=db password='se cret' user=x", "host=db password=*** user=x" },
+        /* AMQP_URL listing a cluster's nodes: every password masked. */
+        { "amqp://a:secret1@h1:5711,amqp://b:secret2@h2:5712/vh,amqps://c:secret3@h3",
+          "amqp://a:***@h1:5711,amqp://b:***@h2:5712/vh,amqps://c:***@h3" },
+        { "amqp://u:secret@h1:5711/vh, h2:5712 ,h3", "amqp://u:***@h1:5711/vh, h2:5712 ,h3" },
+        { "amqp://u:secret@h1,h2:5712,h3", "amqp://u:***@h1,h2:5712,h3" },
+        { "amqp://h1:5711,amqp://u:secret@h2", "amqp://h1:5711,amqp://u:***@h2" },
+        /* Unencoded ',' and '@' in a password are masked whole. */
+        { "amqp://u:se,cret@h1,amqp://u:s@cret@h2/", "amqp://u:***@h1,amqp://u:***@h2/" },
+        { "postgresql://u:secret@db1:5432,db2:5432/payq",
+          "postgresql://u:***@db1:5432,db2:5432/payq" },
     };
     char out[256];
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         cfg_redact_url(cases[i].in, out, sizeof out);
         assert_string_equal(out, cases[i].out);
         assert_null(strstr(out, "secret"));
+        assert_null(strstr(out, "cret"));
     }
+    /* Truncation never lets a password through. */
+    for (size_t len = 1; len < 40; len++) {
+        cfg_redact_url("amqp://u:secret@h1,amqp://v:secret@h2", out, len);
+        assert_true(strlen(out) < len);
+        assert_null(strstr(out, "sec"));
+    }
+}
+
+/* AMQP_URL as a list: each address as a complete URL. */
+static void test_url_list(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *list;
+        size_t n;
+        const char *at[3];
+    } cases[] = {
+        { "amqp://u:p@h:5672/vh", 1, { "amqp://u:p@h:5672/vh" } },
+        { "", 1, { "" } },
+        { "amqp://u:p@h1:5711,amqp://v:q@h2:5712/x", 2,
+          { "amqp://u:p@h1:5711", "amqp://v:q@h2:5712/x" } },
+        /* host[:port] reuses the first URL's scheme, credentials and vhost. */
+        { "amqp://u:p@h1:5711/vh, h2:5712 ,h3", 3,
+          { "amqp://u:p@h1:5711/vh", "amqp://u:p@h2:5712/vh", "amqp://u:p@h3/vh" } },
+        { "amqps://u:p%2Cx@h1,[::1]:5671", 2,
+          { "amqps://u:p%2Cx@h1", "amqps://u:p%2Cx@[::1]:5671" } },
+        { "amqp://h1:5711,h2:5712", 2, { "amqp://h1:5711", "amqp://h2:5712" } },
+    };
+    char out[256], err[256];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        assert_int_equal(mq_url_count(cases[i].list), cases[i].n);
+        for (size_t k = 0; k < cases[i].n; k++) {
+            assert_int_equal(mq_url_at(cases[i].list, k, out, sizeof out, err, sizeof err),
+                             PAYQ_OK);
+            assert_string_equal(out, cases[i].at[k]);
+        }
+        assert_int_equal(mq_url_at(cases[i].list, cases[i].n, out, sizeof out, err, sizeof err),
+                         PAYQ_ERR_RANGE);
+    }
+    assert_int_equal(mq_url_count(NULL), 1);
+
+    /* Errors name the address, never a credential; out stays untouched. */
+    static const struct {
+        const char *list;
+        size_t i;
+        const char *why;
+    } bad[] = {
+        { "amqp://u:secret@h1,,h3", 1, "address 2 of 3 is empty" },
+        { "amqp://u:secret@h1,", 1, "address 2 of 2 is empty" },
+        { "amqp://u:secret@h1,x:secret@h2", 1, "neither a URL nor host[:port]" },
+        { "amqp://u:secret@h1,h2/vh", 1, "neither a URL nor host[:port]" },
+        { "h1:5711,h2:5712", 1, "the first address must be a full URL" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        strcpy(out, "untouched");
+        err[0] = 0;
+        assert_int_equal(mq_url_at(bad[i].list, bad[i].i, out, sizeof out, err, sizeof err),
+                         PAYQ_ERR_CONFIG);
+        assert_non_null(strstr(err, bad[i].why));
+        assert_null(strstr(err, "secret"));
+        assert_string_equal(out, "untouched");
+    }
+    /* Too small a buffer: PAYQ_ERR_RANGE, nothing written. */
+    strcpy(out, "untouched");
+    assert_int_equal(mq_url_at("amqp://u:p@h1:5711/vh,h2", 1, out, 10, err, sizeof err),
+                     PAYQ_ERR_RANGE);
+    assert_string_equal(out, "untouched");
 }
 
 int main(void)
@@ -157,6 +237,7 @@ int main(void)
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_secret_from_file),
         cmocka_unit_test(test_redact),
+        cmocka_unit_test(test_url_list),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
