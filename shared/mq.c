@@ -218,7 +218,7 @@ int mq_connect(const char *url, const char *name, int heartbeat, mq_t **out)
     if (n == 1)
         return connect_one(url, name, heartbeat, out);
     size_t start = (atomic_fetch_add(&next_start, 1) + (unsigned)getpid()) % n;
-    char addr[1024], why[sizeof connect_error] = "";
+    char addr[1024], why[sizeof connect_error - 64] = "";
     size_t used = 0;
     int rc = PAYQ_ERR_AMQP;
     for (size_t k = 0; k < n; k++) {
