@@ -363,13 +363,27 @@ int64_t h_int(const char *sql, int n, const char *const *params)
     return v;
 }
 
+/* h_text's value: grows to the longest value read, freed at exit. */
+static char *text_value;
+static size_t text_cap;
+
+static void free_text(void) { free(text_value); }
+
 const char *h_text(const char *sql, int n, const char *const *params)
 {
-    static char buf[4096];
     PGresult *r = query(sql, n, params);
-    snprintf(buf, sizeof buf, "%s", PQgetvalue(r, 0, 0));
+    size_t len = (size_t)PQgetlength(r, 0, 0);
+    if (len + 1 > text_cap) {
+        char *grown = realloc(text_value, len + 1);
+        assert_non_null(grown);
+        if (!text_value)
+            atexit(free_text);
+        text_value = grown;
+        text_cap = len + 1;
+    }
+    memcpy(text_value, PQgetvalue(r, 0, 0), len + 1);
     PQclear(r);
-    return buf;
+    return text_value;
 }
 
 const char *h_exec(const char *sql, int n, const char *const *params)
