@@ -140,6 +140,17 @@ double fleet_cpu_seconds(const struct fleet *f)
     return sum;
 }
 
+long fleet_peak_rss_kib(const struct fleet *f)
+{
+    long most = 0;
+    for (int k = 0; k < f->n; k++) {
+        long kib = f->reaped[k] ? -1 : procs_peak_rss_kib(f->pid[k]);
+        if (kib > most)
+            most = kib;
+    }
+    return most;
+}
+
 bool fleet_stop(struct fleet *f, char *note, size_t notelen)
 {
     bool ok = true;

@@ -557,6 +557,7 @@ static int measure(struct run *run, struct report *rep)
     procs_sample_named("postgres", &database1);
     rep->broker_cpu = wall > 0 ? 100 * procs_sample_delta(&broker0, &broker1) / wall : 0;
     rep->database_cpu = wall > 0 ? 100 * procs_sample_delta(&database0, &database1) / wall : 0;
+    rep->worker_rss_mib = (double)fleet_peak_rss_kib(&run->fleet) / 1024.0;
     rep->host_cores = sysconf(_SC_NPROCESSORS_ONLN);
     rep->host_busy = host ? 100.0 * (double)(busy1 - busy0) / (double)(total1 - total0) : 0;
     if (rc != PAYQ_OK) {

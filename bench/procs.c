@@ -127,6 +127,21 @@ int procs_run(char *const argv[], const struct procs_env *env, char *out, size_t
     return PAYQ_OK;
 }
 
+long procs_peak_rss_kib(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    long kib = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %ld kB", &kib) == 1)
+            break;
+    fclose(f);
+    return kib;
+}
+
 double procs_cpu_seconds(pid_t pid)
 {
     char path[64], buf[1024];

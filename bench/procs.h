@@ -43,6 +43,9 @@ int procs_run(char *const argv[], const struct procs_env *env, char *out, size_t
 /* User + system CPU seconds of a live process, all its threads; -1 if unknown. */
 double procs_cpu_seconds(pid_t pid);
 
+/* Peak resident set size (VmHWM) of a process in KiB, or -1. */
+long procs_peak_rss_kib(pid_t pid);
+
 /* CPU seconds of every live process with one name, by pid. */
 #define PROCS_SAMPLE_MAX 512
 struct procs_sample {
