@@ -229,6 +229,7 @@ static int run(const struct worker_config *cfg)
 
     struct worker_shared shared = { .cfg = cfg };
     atomic_init(&shared.stop, 0);
+    atomic_init(&shared.relay_stop, 0);
     if (fault_parse(&shared.fault, cfg->fault) != 0) {
         log_error("--fault must be POINT or POINT:N");
         return 2;
@@ -283,10 +284,15 @@ static int run(const struct worker_config *cfg)
                  sig == SIGTERM ? "SIGTERM" : "SIGINT");
         atomic_store(&shared.stop, 1);
     }
-    /* A second signal while draining exits at once: unacked deliveries are
-     * redelivered, so nothing is lost. */
+    atomic_store(&shared.stop, 1); /* also when a thread failed to start */
+    /* The consumer threads finish their batches first; then the relay
+     * publishes what they wrote to the outbox, and stops. A second signal
+     * while draining exits at once: unacked deliveries are redelivered and
+     * the outbox is published by the next relay, so nothing is lost. */
     for (long i = 0; i < started; i++) {
         struct timespec ts;
+        if (i == cfg->threads)
+            atomic_store(&shared.relay_stop, 1);
         for (;;) {
             clock_gettime(CLOCK_REALTIME, &ts);
             ts.tv_sec += 1;
