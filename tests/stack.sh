@@ -290,8 +290,10 @@ rmq_start() {
     local launcher=
     write_rmq_conf "$RMQ_CONF.new"
     # A node started from an older configuration (before the TLS listener,
-    # say) is restarted once so that it runs with the current one.
-    if rmq_running && ! cmp -s "$RMQ_CONF.new" "$RMQ_CONF"; then
+    # say) is restarted once so that it runs with the current one; edited
+    # comments alone restart nothing.
+    if rmq_running && ! cmp -s <(grep -v '^[[:space:]]*#' "$RMQ_CONF.new") \
+        <(grep -v '^[[:space:]]*#' "$RMQ_CONF" 2>/dev/null); then
         log "RabbitMQ's generated configuration changed ($RMQ_CONF): restarting the node"
         rmq_stop
         require_free_ports "AMQP over TLS:$AMQPS_PORT"
