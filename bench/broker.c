@@ -10,34 +10,6 @@
 #include <sys/time.h>
 
 #include <amqp.h>
-#include <amqp_ssl_socket.h>
-#include <amqp_tcp_socket.h>
-
-static int open_socket(amqp_connection_state_t conn, const struct amqp_connection_info *ci,
-                       char *err, size_t errlen)
-{
-    amqp_socket_t *sock = ci->ssl ? amqp_ssl_socket_new(conn) : amqp_tcp_socket_new(conn);
-    if (!sock) {
-        snprintf(err, errlen, "cannot create a socket");
-        return PAYQ_ERR_AMQP;
-    }
-    if (ci->ssl) {
-        amqp_ssl_socket_set_verify_peer(sock, 1);
-        amqp_ssl_socket_set_verify_hostname(sock, 1);
-        const char *ca = getenv("AMQP_CACERT");
-        if (ca && *ca && amqp_ssl_socket_set_cacert(sock, ca) != AMQP_STATUS_OK) {
-            snprintf(err, errlen, "cannot load the CA certificate %s", ca);
-            return PAYQ_ERR_AMQP;
-        }
-    }
-    struct timeval tv = { 10, 0 };
-    int st = amqp_socket_open_noblock(sock, ci->host, ci->port, &tv);
-    if (st != AMQP_STATUS_OK) {
-        snprintf(err, errlen, "%s", amqp_error_string2(st));
-        return PAYQ_ERR_AMQP;
-    }
-    return PAYQ_OK;
-}
 
 static int rpc_error(amqp_rpc_reply_t r, const char *what, char *err, size_t errlen)
 {
@@ -62,8 +34,8 @@ static int rpc_error(amqp_rpc_reply_t r, const char *what, char *err, size_t err
     return PAYQ_ERR_AMQP;
 }
 
-int broker_queue_stats(const char *url, const char *queue, uint32_t *messages, uint32_t *consumers,
-                       char *err, size_t errlen)
+int broker_queue_stats(const char *url, const struct mq_tls *tls, const char *queue,
+                       uint32_t *messages, uint32_t *consumers, char *err, size_t errlen)
 {
     char *copy = strdup(url ? url : "");
     amqp_connection_state_t conn = NULL;
@@ -81,7 +53,7 @@ int broker_queue_stats(const char *url, const char *queue, uint32_t *messages, u
     }
     if (!(conn = amqp_new_connection()))
         goto fail;
-    if ((rc = open_socket(conn, &ci, err, errlen)) != PAYQ_OK)
+    if ((rc = mq_socket_open(conn, &ci, tls, 10, err, errlen)) != PAYQ_OK)
         goto fail;
     rc = rpc_error(
         amqp_login(conn, ci.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, ci.user, ci.password),

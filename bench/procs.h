@@ -15,12 +15,15 @@
 #include <stdio.h>
 #include <sys/types.h>
 
+#include "mq.h"
 #include "status.h"
 
-/* The URLs children get as AMQP_URL / DATABASE_URL (NULL: leave as is). */
+/* The URLs children get as AMQP_URL / DATABASE_URL, and the amqps://
+ * settings as AMQP_CACERT / AMQP_CERT / AMQP_KEY (NULL: leave as is). */
 struct procs_env {
     const char *amqp_url;
     const char *database_url;
+    const struct mq_tls *amqp_tls;
 };
 
 /* Starts argv (argv[0] is the path) with stdout and stderr written to

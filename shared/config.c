@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -231,6 +232,29 @@ void cfg_usage(FILE *out, const struct cfg_opt *opts)
     }
 }
 
+/* Appends n bytes of s at out[*pos], truncating; out stays NUL-terminated. */
+static void put(char *out, size_t len, size_t *pos, const char *s, size_t n)
+{
+    while (n-- > 0 && *pos + 1 < len)
+        out[(*pos)++] = *s++;
+    out[*pos] = 0;
+}
+
+/* Where the value of a password parameter that starts at v ends: at `&` or
+ * `#` in a URI query, at a space in a keyword string (or past its quotes). */
+static const char *param_end(const char *v, bool uri)
+{
+    if (uri)
+        return v + strcspn(v, "&#");
+    if (*v == '\'') {
+        v++;
+        while (*v && *v != '\'')
+            v += (*v == '\\' && v[1]) ? 2 : 1;
+        return *v ? v + 1 : v;
+    }
+    return v + strcspn(v, " ");
+}
+
 void cfg_redact_url(const char *url, char *out, size_t len)
 {
     if (!len)
@@ -239,35 +263,34 @@ void cfg_redact_url(const char *url, char *out, size_t len)
         snprintf(out, len, "(unset)");
         return;
     }
+    size_t pos = 0;
+    out[0] = 0;
+    const char *p = url;
     const char *scheme = strstr(url, "://");
-    if (scheme) {
+    bool uri = scheme != NULL;
+    if (uri) {
+        /* user:password@ in the authority (which ends at /, ? or #) */
         const char *auth = scheme + 3;
-        const char *at = strchr(auth, '@');
-        const char *slash = strchr(auth, '/');
-        const char *colon = strchr(auth, ':');
-        if (at && (!slash || at < slash) && colon && colon < at) {
-            snprintf(out, len, "%.*s:***%s", (int)(colon - url), url, at);
-            return;
+        size_t alen = strcspn(auth, "/?#");
+        const char *at = NULL;
+        for (const char *c = auth; c < auth + alen; c++)
+            if (*c == '@')
+                at = c;
+        const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+        if (colon) {
+            put(out, len, &pos, url, (size_t)(colon - url));
+            put(out, len, &pos, ":***", 4);
+            p = at;
         }
-        snprintf(out, len, "%s", url);
-        return;
     }
-    /* libpq keyword/value string: mask the value of password=... */
-    const char *pw = strstr(url, "password=");
-    if (!pw) {
-        snprintf(out, len, "%s", url);
-        return;
+    /* password=... and sslpassword=...: libpq takes them as URI query
+     * parameters and as keywords alike. */
+    const char *pw;
+    while ((pw = strstr(p, "password=")) != NULL) {
+        const char *v = pw + 9;
+        put(out, len, &pos, p, (size_t)(v - p));
+        put(out, len, &pos, "***", 3);
+        p = param_end(v, uri);
     }
-    const char *end = pw + 9;
-    if (*end == '\'') {
-        end++;
-        while (*end && *end != '\'')
-            end += (*end == '\\' && end[1]) ? 2 : 1;
-        if (*end)
-            end++;
-    } else {
-        while (*end && *end != ' ')
-            end++;
-    }
-    snprintf(out, len, "%.*spassword=***%s", (int)(pw - url), url, end);
+    put(out, len, &pos, p, strlen(p));
 }

@@ -104,7 +104,8 @@ static int connect_all(struct relay *r)
     if ((rc = db_connect(r->cfg->database_url, r->db_name, r->cfg->statement_timeout_ms, &r->db)) !=
         PAYQ_OK)
         return rc;
-    if ((rc = mq_connect(r->cfg->amqp_url, r->mq_name, (int)r->cfg->heartbeat, &r->mq)) != PAYQ_OK)
+    if ((rc = mq_connect(r->cfg->amqp_url, &r->cfg->amqp_tls, r->mq_name, (int)r->cfg->heartbeat,
+                         &r->mq)) != PAYQ_OK)
         return rc;
     /* The worker threads declare the topology too, but the relay may get
      * there first, and a publish to a missing exchange closes the channel. */

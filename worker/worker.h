@@ -14,9 +14,11 @@
 #include <stdatomic.h>
 
 #include "fault.h"
+#include "mq.h"
 
 struct worker_config {
     const char *amqp_url;
+    struct mq_tls amqp_tls; /* amqps:// CA file and client certificate */
     const char *database_url;
     const char *queue;
     const char *sql_dir;

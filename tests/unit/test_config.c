@@ -141,6 +141,16 @@ static void test_redact(void **state)
         { "postgresql://payq@db/payq", "postgresql://payq@db/payq" },
         { "host=db password=secret user=x", "host=db password=*** user=x" },
         { "host=db password='se cret' user=x", "host=db password=*** user=x" },
+        /* TLS settings in the URL stay readable; passwords anywhere do not */
+        { "postgresql://payq:secret@127.0.0.1:5433/payq?sslmode=verify-full&sslrootcert=/x/ca.pem",
+          "postgresql://payq:***@127.0.0.1:5433/payq?sslmode=verify-full&sslrootcert=/x/ca.pem" },
+        { "postgresql://payq@db/payq?password=secret&sslmode=verify-full",
+          "postgresql://payq@db/payq?password=***&sslmode=verify-full" },
+        { "postgresql://u:secret@db/p?sslkey=/k.pem&sslpassword=secret#x",
+          "postgresql://u:***@db/p?sslkey=/k.pem&sslpassword=***#x" },
+        { "host=db sslmode=verify-full sslrootcert=/ca.pem sslpassword=secret password=secret",
+          "host=db sslmode=verify-full sslrootcert=/ca.pem sslpassword=*** password=***" },
+        { "amqps://payq:secret@localhost:5671/%2f", "amqps://payq:***@localhost:5671/%2f" },
     };
     char out[256];
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
