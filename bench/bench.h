@@ -7,11 +7,14 @@
 #ifndef PAYQ_BENCH_H
 #define PAYQ_BENCH_H
 
+#include "mq.h"
+
 #define BENCH_CURRENCY "USD"
 #define BENCH_PREFIX_MAX 40 /* ids are "<prefix>-w<i>": at most 64 characters */
 
 struct bench_config {
     const char *amqp_url;
+    struct mq_tls amqp_tls; /* amqps:// CA file and client certificate */
     const char *database_url;
     const char *run_id;
     long wallets;

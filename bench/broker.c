@@ -10,36 +10,8 @@
 #include <sys/time.h>
 
 #include <amqp.h>
-#include <amqp_ssl_socket.h>
-#include <amqp_tcp_socket.h>
 
 #include "mqurl.h"
-
-static int open_socket(amqp_connection_state_t conn, const struct amqp_connection_info *ci,
-                       char *err, size_t errlen)
-{
-    amqp_socket_t *sock = ci->ssl ? amqp_ssl_socket_new(conn) : amqp_tcp_socket_new(conn);
-    if (!sock) {
-        snprintf(err, errlen, "cannot create a socket");
-        return PAYQ_ERR_AMQP;
-    }
-    if (ci->ssl) {
-        amqp_ssl_socket_set_verify_peer(sock, 1);
-        amqp_ssl_socket_set_verify_hostname(sock, 1);
-        const char *ca = getenv("AMQP_CACERT");
-        if (ca && *ca && amqp_ssl_socket_set_cacert(sock, ca) != AMQP_STATUS_OK) {
-            snprintf(err, errlen, "cannot load the CA certificate %s", ca);
-            return PAYQ_ERR_AMQP;
-        }
-    }
-    struct timeval tv = { 10, 0 };
-    int st = amqp_socket_open_noblock(sock, ci->host, ci->port, &tv);
-    if (st != AMQP_STATUS_OK) {
-        snprintf(err, errlen, "%s", amqp_error_string2(st));
-        return PAYQ_ERR_AMQP;
-    }
-    return PAYQ_OK;
-}
 
 static int rpc_error(amqp_rpc_reply_t r, const char *what, char *err, size_t errlen)
 {
@@ -64,8 +36,8 @@ static int rpc_error(amqp_rpc_reply_t r, const char *what, char *err, size_t err
     return PAYQ_ERR_AMQP;
 }
 
-static int stats_one(const char *url, const char *queue, uint32_t *messages, uint32_t *consumers,
-                     char *err, size_t errlen)
+static int stats_one(const char *url, const struct mq_tls *tls, const char *queue,
+                     uint32_t *messages, uint32_t *consumers, char *err, size_t errlen)
 {
     char *copy = strdup(url ? url : "");
     amqp_connection_state_t conn = NULL;
@@ -83,7 +55,7 @@ static int stats_one(const char *url, const char *queue, uint32_t *messages, uin
     }
     if (!(conn = amqp_new_connection()))
         goto fail;
-    if ((rc = open_socket(conn, &ci, err, errlen)) != PAYQ_OK)
+    if ((rc = mq_socket_open(conn, &ci, tls, 10, err, errlen)) != PAYQ_OK)
         goto fail;
     rc = rpc_error(
         amqp_login(conn, ci.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, ci.user, ci.password),
@@ -114,8 +86,8 @@ fail:
 }
 
 /* AMQP_URL may list the nodes of a cluster: the first that answers. */
-int broker_queue_stats(const char *url, const char *queue, uint32_t *messages, uint32_t *consumers,
-                       char *err, size_t errlen)
+int broker_queue_stats(const char *url, const struct mq_tls *tls, const char *queue,
+                       uint32_t *messages, uint32_t *consumers, char *err, size_t errlen)
 {
     size_t n = mq_url_count(url);
     int rc = PAYQ_ERR_AMQP;
@@ -126,7 +98,7 @@ int broker_queue_stats(const char *url, const char *queue, uint32_t *messages, u
                 snprintf(err, errlen, "an AMQP_URL address is too long");
             return PAYQ_ERR_CONFIG;
         }
-        rc = stats_one(one, queue, messages, consumers, err, errlen);
+        rc = stats_one(one, tls, queue, messages, consumers, err, errlen);
         if (rc == PAYQ_OK || rc == PAYQ_ERR_CONFIG)
             return rc;
     }

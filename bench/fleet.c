@@ -82,7 +82,7 @@ int fleet_start(struct fleet *f, const struct bench_config *cfg, const char *wor
                      cfg->batch ? "--batch" : NULL,
                      batch,
                      NULL };
-    struct procs_env env = { cfg->amqp_url, cfg->database_url };
+    struct procs_env env = { cfg->amqp_url, cfg->database_url, &cfg->amqp_tls };
     const char *dir = cfg->log_dir;
     if (!dir || !*dir)
         dir = getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
@@ -107,8 +107,8 @@ int fleet_start(struct fleet *f, const struct bench_config *cfg, const char *wor
         if (!all_alive(f))
             goto fail;
         uint32_t messages, consumers = 0;
-        int rc = broker_queue_stats(cfg->amqp_url, PAYQ_Q_COMMANDS, &messages, &consumers, err,
-                                    sizeof err);
+        int rc = broker_queue_stats(cfg->amqp_url, &cfg->amqp_tls, PAYQ_Q_COMMANDS, &messages,
+                                    &consumers, err, sizeof err);
         if ((rc == PAYQ_OK && consumers >= want) || logs_ready(f, cfg->worker_threads))
             return PAYQ_OK;
         if (now_ms() > deadline) {
@@ -138,6 +138,17 @@ double fleet_cpu_seconds(const struct fleet *f)
             sum += s;
     }
     return sum;
+}
+
+long fleet_peak_rss_kib(const struct fleet *f)
+{
+    long most = 0;
+    for (int k = 0; k < f->n; k++) {
+        long kib = f->reaped[k] ? -1 : procs_peak_rss_kib(f->pid[k]);
+        if (kib > most)
+            most = kib;
+    }
+    return most;
 }
 
 bool fleet_stop(struct fleet *f, char *note, size_t notelen)

@@ -41,6 +41,9 @@ int fleet_start(struct fleet *f, const struct bench_config *cfg, const char *wor
 /* CPU seconds used so far by the live workers. */
 double fleet_cpu_seconds(const struct fleet *f);
 
+/* The largest peak RSS (VmHWM) of the live workers in KiB; 0 when unknown. */
+long fleet_peak_rss_kib(const struct fleet *f);
+
 /* SIGTERM to every live worker, then waits (SIGKILL after 30 s). Returns
  * true when all exited with status 0; describes the first that did not in
  * note. Calling it again signals nobody and returns the same verdict. */

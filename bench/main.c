@@ -55,7 +55,15 @@ enum {
 
 static const struct cfg_opt options[] = {
     OPT("amqp-url", "AMQP_URL", CFG_SECRET, "amqp://guest:guest@localhost:5672", 0, 0, amqp_url,
-        "URL", "RabbitMQ to publish to; spawned workers get it too"),
+        "URL[,URL...]",
+        "RabbitMQ to publish to (a cluster's nodes comma-separated); spawned workers get it too"),
+    OPT("amqp-cacert", "AMQP_CACERT", CFG_STR, NULL, 0, 0, amqp_tls.cacert, "FILE",
+        "amqps://: PEM file of the CA(s) that signed the broker's certificate (default: the "
+        "system's CAs); spawned workers get it too"),
+    OPT("amqp-cert", "AMQP_CERT", CFG_STR, NULL, 0, 0, amqp_tls.cert, "FILE",
+        "amqps://: client certificate (PEM) for mutual TLS, with --amqp-key"),
+    OPT("amqp-key", "AMQP_KEY", CFG_STR, NULL, 0, 0, amqp_tls.key, "FILE",
+        "amqps://: the client certificate's private key (PEM, not encrypted)"),
     OPT("database-url", "DATABASE_URL", CFG_SECRET, "", 0, 0, database_url, "URL",
         "PostgreSQL to verify against; spawned workers and the checker get it too (empty = "
         "libpq's PG* variables)"),
@@ -277,7 +285,7 @@ static int validate(struct bench_config *cfg, double *zipf_s, enum dist_kind *ki
 static bool check_once(const struct bench_config *cfg, const char *worker, struct report *r)
 {
     char *argv[] = { (char *)(uintptr_t)worker, "check", NULL };
-    struct procs_env env = { cfg->amqp_url, cfg->database_url };
+    struct procs_env env = { cfg->amqp_url, cfg->database_url, &cfg->amqp_tls };
     static char out[16384];
     int status = 0;
     double t = now_s();
@@ -407,8 +415,8 @@ static int look_at_broker(const struct run *run, struct report *rep)
 {
     char err[256], red[512];
     uint32_t messages = 0, consumers = 0;
-    int rc = broker_queue_stats(run->cfg.amqp_url, PAYQ_Q_COMMANDS, &messages, &consumers, err,
-                                sizeof err);
+    int rc = broker_queue_stats(run->cfg.amqp_url, &run->cfg.amqp_tls, PAYQ_Q_COMMANDS, &messages,
+                                &consumers, err, sizeof err);
     cfg_redact_url(run->cfg.amqp_url, red, sizeof red);
     if (rc == PAYQ_ERR_CLOSED && run->cfg.spawn_workers == 0) {
         fprintf(stderr,
@@ -499,7 +507,7 @@ static int connect_mq(struct run *run)
 {
     char red[512];
     cfg_redact_url(run->cfg.amqp_url, red, sizeof red);
-    if (mq_connect(run->cfg.amqp_url, "payq-bench", 30, &run->mq) != PAYQ_OK) {
+    if (mq_connect(run->cfg.amqp_url, &run->cfg.amqp_tls, "payq-bench", 30, &run->mq) != PAYQ_OK) {
         fprintf(stderr,
                 "payq-bench: cannot connect to %s: %s — is RabbitMQ running? "
                 "(bash tests/stack.sh up)\n",
@@ -557,6 +565,7 @@ static int measure(struct run *run, struct report *rep)
     procs_sample_named("postgres", &database1);
     rep->broker_cpu = wall > 0 ? 100 * procs_sample_delta(&broker0, &broker1) / wall : 0;
     rep->database_cpu = wall > 0 ? 100 * procs_sample_delta(&database0, &database1) / wall : 0;
+    rep->worker_rss_mib = (double)fleet_peak_rss_kib(&run->fleet) / 1024.0;
     rep->host_cores = sysconf(_SC_NPROCESSORS_ONLN);
     rep->host_busy = host ? 100.0 * (double)(busy1 - busy0) / (double)(total1 - total0) : 0;
     if (rc != PAYQ_OK) {

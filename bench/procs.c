@@ -31,6 +31,13 @@ static void exec_child(char *const argv[], const struct procs_env *env, pid_t pa
         setenv("AMQP_URL", env->amqp_url, 1);
     if (env && env->database_url)
         setenv("DATABASE_URL", env->database_url, 1);
+    const struct mq_tls *tls = env ? env->amqp_tls : NULL;
+    if (tls && tls->cacert)
+        setenv("AMQP_CACERT", tls->cacert, 1);
+    if (tls && tls->cert)
+        setenv("AMQP_CERT", tls->cert, 1);
+    if (tls && tls->key)
+        setenv("AMQP_KEY", tls->key, 1);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     signal(SIGPIPE, SIG_DFL);
@@ -125,6 +132,21 @@ int procs_run(char *const argv[], const struct procs_env *env, char *out, size_t
             return PAYQ_ERR_IO;
     }
     return PAYQ_OK;
+}
+
+long procs_peak_rss_kib(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    long kib = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %ld kB", &kib) == 1)
+            break;
+    fclose(f);
+    return kib;
 }
 
 double procs_cpu_seconds(pid_t pid)

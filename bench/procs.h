@@ -15,12 +15,15 @@
 #include <stdio.h>
 #include <sys/types.h>
 
+#include "mq.h"
 #include "status.h"
 
-/* The URLs children get as AMQP_URL / DATABASE_URL (NULL: leave as is). */
+/* The URLs children get as AMQP_URL / DATABASE_URL, and the amqps://
+ * settings as AMQP_CACERT / AMQP_CERT / AMQP_KEY (NULL: leave as is). */
 struct procs_env {
     const char *amqp_url;
     const char *database_url;
+    const struct mq_tls *amqp_tls;
 };
 
 /* Starts argv (argv[0] is the path) with stdout and stderr written to
@@ -42,6 +45,9 @@ int procs_run(char *const argv[], const struct procs_env *env, char *out, size_t
 
 /* User + system CPU seconds of a live process, all its threads; -1 if unknown. */
 double procs_cpu_seconds(pid_t pid);
+
+/* Peak resident set size (VmHWM) of a process in KiB, or -1. */
+long procs_peak_rss_kib(pid_t pid);
 
 /* CPU seconds of every live process with one name, by pid. */
 #define PROCS_SAMPLE_MAX 512

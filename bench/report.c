@@ -134,6 +134,15 @@ static void print_outcomes(const struct load_result *m, FILE *out)
         fprintf(out, "%sother      %" PRIu64 "\n", label, m->outcomes.other);
 }
 
+static double cpu_us_per_payment(const struct report *r)
+{
+    if (!r->m || r->m->replied == 0 || r->throughput <= 0)
+        return 0;
+    double pct = r->bench_cpu + r->workers_cpu + r->broker_cpu + r->database_cpu;
+    /* percent of a core at `throughput` payments per second */
+    return pct / 100.0 / r->throughput * 1e6;
+}
+
 static void print_measured(const struct report *r, FILE *out)
 {
     const struct load_result *m = r->m;
@@ -165,6 +174,15 @@ static void print_measured(const struct report *r, FILE *out)
     if (r->database_cpu > 0)
         fprintf(out, ", PostgreSQL (all postgres processes) %.0f", r->database_cpu);
     fprintf(out, "\n");
+    /* Everything measured above, per reply: what one payment costs the
+     * machine, whatever the throughput. */
+    double cpu_us = cpu_us_per_payment(r);
+    if (cpu_us > 0)
+        fprintf(out, "  cpu per payment   %.0f us (bench + workers + RabbitMQ + PostgreSQL)\n",
+                cpu_us);
+    if (r->worker_rss_mib > 0)
+        fprintf(out, "  worker memory     peak RSS %.1f MiB (largest spawned worker)\n",
+                r->worker_rss_mib);
     if (r->host_cores > 0)
         fprintf(out,
                 "  host              %.0f%% of its %ld cores busy (everything running on it, "
@@ -279,6 +297,9 @@ static void print_result(const struct report *r, FILE *out)
     json_object_set_new(o, "host_cpu_pct", num(r->host_busy));
     json_object_set_new(o, "broker_cpu_pct", num(r->broker_cpu));
     json_object_set_new(o, "database_cpu_pct", num(r->database_cpu));
+    json_object_set_new(o, "cpu_us_per_payment", num(cpu_us_per_payment(r)));
+    json_object_set_new(o, "worker_rss_peak_mib",
+                        r->worker_rss_mib > 0 ? num(r->worker_rss_mib) : json_null());
     json_object_set_new(o, "seed", json_integer((json_int_t)r->seed));
     json_object_set_new(checks, "replies", check_json(r->replies));
     json_object_set_new(checks, "money_conserved", check_json(r->conserved));

@@ -40,6 +40,7 @@ struct report {
     double bench_cpu, workers_cpu, host_busy; /* percent of one core; host: of all cores */
     double broker_cpu, database_cpu; /* beam.smp and postgres on this host, percent of a core */
     long host_cores;
+    double worker_rss_mib; /* the largest peak RSS (VmHWM) of the spawned workers; 0 unknown */
 
     /* Checks. */
     enum report_verdict replies, conserved, overdraft, agree, checker, workers;

@@ -36,8 +36,16 @@ static const struct cfg_opt options[] = {
     OPT("amqp-url", "AMQP_URL", CFG_SECRET, "amqp://guest:guest@localhost:5672", 0, 0, amqp_url,
         "URL[,URL...]",
         "RabbitMQ (replay, discard, sync, import); a cluster's nodes comma-separated"),
+    OPT("amqp-cacert", "AMQP_CACERT", CFG_STR, NULL, 0, 0, amqp_tls.cacert, "FILE",
+        "amqps://: PEM file of the CA(s) that signed the broker's certificate (default: the "
+        "system's CAs). The certificate is always verified and must name the URL's host"),
+    OPT("amqp-cert", "AMQP_CERT", CFG_STR, NULL, 0, 0, amqp_tls.cert, "FILE",
+        "amqps://: client certificate (PEM) for mutual TLS, with --amqp-key"),
+    OPT("amqp-key", "AMQP_KEY", CFG_STR, NULL, 0, 0, amqp_tls.key, "FILE",
+        "amqps://: the client certificate's private key (PEM, not encrypted)"),
     OPT("database-url", "DATABASE_URL", CFG_SECRET, NULL, 0, 0, database_url, "URL",
-        "PostgreSQL URI or keyword string; unset = libpq's PG* variables"),
+        "PostgreSQL URI or keyword string (TLS: ?sslmode=verify-full&sslrootcert=FILE); unset = "
+        "libpq's PG* variables"),
     OPT("queue", "PAYQ_DLQ", CFG_STR, PAYQ_Q_DLQ, 0, 0, queue, "NAME",
         "the dead-letter queue to reconcile"),
     OPT("reason", NULL, CFG_STR, NULL, 0, 0, reason, "CODE|TEXT",
@@ -186,12 +194,13 @@ int dlq_need_mq(struct dlq *t)
     char red[512];
     cfg_redact_url(t->cfg->amqp_url, red, sizeof red);
     mq_t *mq;
-    if (mq_connect(t->cfg->amqp_url, "payq-dlq", HEARTBEAT, &mq) != PAYQ_OK) {
+    if (mq_connect(t->cfg->amqp_url, &t->cfg->amqp_tls, "payq-dlq", HEARTBEAT, &mq) != PAYQ_OK) {
         const char *why = mq_connect_error();
         fprintf(stderr, "payq-dlq: cannot connect to RabbitMQ at %s: %s\n", red, why);
+        /* A TLS error already names the certificate problem and its fix. */
         if (strstr(why, "ACCESS_REFUSED") || strstr(why, "NOT_ALLOWED"))
             fprintf(stderr, "  check the user, password and vhost in AMQP_URL / --amqp-url\n");
-        else
+        else if (!strstr(why, "TLS"))
             fprintf(stderr, "  is RabbitMQ running? bash tests/stack.sh up starts a local one "
                             "(or set AMQP_URL / --amqp-url)\n");
         return PAYQ_ERR_AMQP;
@@ -315,6 +324,10 @@ int main(int argc, char **argv)
         goto out;
     }
     log_init("payq-dlq", (enum log_level)level);
+    if (mq_tls_check(cfg.amqp_url, &cfg.amqp_tls, err, sizeof err) != PAYQ_OK) {
+        rc = usage_error("%s", err);
+        goto out;
+    }
 
     enum command c = CMD_LIST;
     size_t k = 0;

@@ -43,6 +43,7 @@ enum {
 
 struct dlq_config {
     const char *amqp_url;
+    struct mq_tls amqp_tls; /* amqps:// CA file and client certificate */
     const char *database_url;
     const char *queue;
     const char *reason; /* filter (list, stats, replay, export) or discard's note */

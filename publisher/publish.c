@@ -28,6 +28,13 @@ static const struct cfg_opt options[] = {
     OPT("amqp-url", "AMQP_URL", CFG_SECRET, "amqp://guest:guest@localhost:5672", 0, 0, amqp_url,
         "URL[,URL...]",
         "RabbitMQ to publish to (amqp:// or amqps://; a cluster's nodes comma-separated)"),
+    OPT("amqp-cacert", "AMQP_CACERT", CFG_STR, NULL, 0, 0, amqp_tls.cacert, "FILE",
+        "amqps://: PEM file of the CA(s) that signed the broker's certificate (default: the "
+        "system's CAs). The certificate is always verified and must name the URL's host"),
+    OPT("amqp-cert", "AMQP_CERT", CFG_STR, NULL, 0, 0, amqp_tls.cert, "FILE",
+        "amqps://: client certificate (PEM) for mutual TLS, with --amqp-key"),
+    OPT("amqp-key", "AMQP_KEY", CFG_STR, NULL, 0, 0, amqp_tls.key, "FILE",
+        "amqps://: the client certificate's private key (PEM, not encrypted)"),
     OPT("wait", NULL, CFG_BOOL, NULL, 0, 0, wait, NULL,
         "wait for the worker's reply, print it on stdout, exit with its status"),
     OPT("timeout", "PAYQ_TIMEOUT", CFG_INT, "30", 1, 86400, timeout, "SEC",
@@ -183,6 +190,10 @@ int main(int argc, char **argv)
         rc = publish_example_main(nargs, argv + 1, stdout);
         goto out;
     }
+    if (mq_tls_check(cfg.amqp_url, &cfg.amqp_tls, err, sizeof err) != PAYQ_OK) {
+        fprintf(stderr, "payq-publish: %s\n", err);
+        goto out;
+    }
     if (cfg.file) {
         if (nargs > 0) {
             fprintf(stderr, "payq-publish: --file takes the commands from %s; drop %s "
@@ -244,11 +255,13 @@ int main(int argc, char **argv)
     }
 
     cfg_redact_url(cfg.amqp_url, red, sizeof red);
-    if (mq_connect(cfg.amqp_url, "payq-publish", 30, &mq) != PAYQ_OK) {
-        fprintf(stderr,
-                "payq-publish: cannot connect to %s: %s — is RabbitMQ running? "
-                "(bash tests/stack.sh up starts a local one; set AMQP_URL)\n", red,
-                mq_connect_error());
+    if (mq_connect(cfg.amqp_url, &cfg.amqp_tls, "payq-publish", 30, &mq) != PAYQ_OK) {
+        const char *why = mq_connect_error();
+        fprintf(stderr, "payq-publish: cannot connect to %s: %s%s\n", red, why,
+                strstr(why, "TLS") != NULL
+                    ? ""
+                    : " — is RabbitMQ running? (bash tests/stack.sh up starts a local one; "
+                      "set AMQP_URL)");
         mq = NULL;
         rc = EXIT_UNAVAILABLE;
         goto out;

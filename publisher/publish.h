@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "mq.h"
 #include "status.h"
 
 /* Exit codes, also documented in --help. With --file the worst one wins:
@@ -29,6 +30,7 @@ enum {
 
 struct publish_config {
     const char *amqp_url;
+    struct mq_tls amqp_tls; /* amqps:// CA file and client certificate */
     const char *exchange;
     const char *message_id;
     const char *correlation_id;

@@ -616,11 +616,13 @@ int publish_batch(const struct publish_config *cfg)
 
     char red[512];
     cfg_redact_url(cfg->amqp_url, red, sizeof red);
-    if (mq_connect(cfg->amqp_url, "payq-publish", 30, &b.mq) != PAYQ_OK) {
-        fprintf(stderr,
-                "payq-publish: cannot connect to %s: %s — is RabbitMQ running? "
-                "(bash tests/stack.sh up starts a local one; set AMQP_URL)\n",
-                red, mq_connect_error());
+    if (mq_connect(cfg->amqp_url, &cfg->amqp_tls, "payq-publish", 30, &b.mq) != PAYQ_OK) {
+        const char *why = mq_connect_error();
+        fprintf(stderr, "payq-publish: cannot connect to %s: %s%s\n", red, why,
+                strstr(why, "TLS") != NULL
+                    ? ""
+                    : " — is RabbitMQ running? (bash tests/stack.sh up starts a local one; "
+                      "set AMQP_URL)");
         b.mq = NULL;
         rc = EXIT_UNAVAILABLE;
         goto out;

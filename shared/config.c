@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -231,50 +232,60 @@ void cfg_usage(FILE *out, const struct cfg_opt *opts)
     }
 }
 
-/*
- * One URL or a comma-separated list of them (AMQP_URL naming the nodes of a
- * cluster, libpq's multi-host URIs). Each URL's authority runs from its
- * "://" to the first '/' or to the scheme of the next URL in the list; a
- * password is whatever lies between the first ':' and the last '@' of the
- * authority, so an unencoded ',' or '@' in a password is masked too.
- */
-static void redact_url_list(const char *url, char *out, size_t len)
+/* Appends n bytes of s at out[*pos], truncating; out stays NUL-terminated. */
+static void put(char *out, size_t len, size_t *pos, const char *s, size_t n)
 {
-    size_t used = 0;
-    const char *p = url;
-    out[0] = 0;
-    while (*p && used + 1 < len) {
-        const char *scheme = strstr(p, "://");
-        const char *auth = scheme ? scheme + 3 : p + strlen(p);
-        const char *end = auth;
-        const char *next = scheme ? strstr(auth, "://") : NULL;
-        if (next) /* back from the next "://" to the comma before its scheme */
-            while (next > auth && next[-1] != ',')
-                next--;
-        while (*end && *end != '/' && (!next || end < next))
-            end++;
-        const char *at = NULL, *colon = NULL;
-        for (const char *q = auth; q < end; q++) {
-            if (*q == '@')
-                at = q;
-            if (*q == ':' && !colon)
-                colon = q;
-        }
-        if (at && colon && colon < at) {
-            int n = snprintf(out + used, len - used, "%.*s:***", (int)(colon - p), p);
-            used = n < 0 ? len : used + (size_t)n;
-            p = at;
-        }
-        if (used + 1 >= len)
-            break;
-        /* Copy up to the next URL's start (or the end). */
-        const char *stop = next && next > p ? next : p + strlen(p);
-        int n = snprintf(out + used, len - used, "%.*s", (int)(stop - p), p);
-        used = n < 0 ? len : used + (size_t)n;
-        p = stop;
+    while (n-- > 0 && *pos + 1 < len)
+        out[(*pos)++] = *s++;
+    out[*pos] = 0;
+}
+
+/* Where the value of a password parameter that starts at v ends: at `&` or
+ * `#` in a URI query, at a space in a keyword string (or past its quotes). */
+static const char *param_end(const char *v, bool uri)
+{
+    if (uri)
+        return v + strcspn(v, "&#");
+    if (*v == '\'') {
+        v++;
+        while (*v && *v != '\'')
+            v += (*v == '\\' && v[1]) ? 2 : 1;
+        return *v ? v + 1 : v;
     }
-    if (used >= len)
-        out[len - 1] = 0;
+    return v + strcspn(v, " ");
+}
+
+/* Appends [p, stop) with the value of every password=... and
+ * sslpassword=... masked: libpq takes them as URI query parameters and as
+ * keywords alike. */
+static void put_params(char *out, size_t len, size_t *pos, const char *p, const char *stop,
+                       bool uri)
+{
+    const char *pw;
+    while ((pw = strstr(p, "password=")) != NULL && pw + 9 <= stop) {
+        const char *v = pw + 9;
+        put(out, len, pos, p, (size_t)(v - p));
+        put(out, len, pos, "***", 3);
+        p = param_end(v, uri);
+        if (p > stop)
+            p = stop;
+    }
+    put(out, len, pos, p, (size_t)(stop - p));
+}
+
+/* In a comma-separated list of URLs (AMQP_URL naming the nodes of a
+ * cluster), where the URL after the one whose authority starts at auth
+ * begins: just after a ',' followed by a scheme and "://". NULL when it is
+ * the last. */
+static const char *next_url(const char *auth)
+{
+    for (const char *c = strchr(auth, ','); c; c = strchr(c + 1, ',')) {
+        const char *s = c + 1 + strspn(c + 1, " \t");
+        size_t n = strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.");
+        if (n > 0 && strncmp(s + n, "://", 3) == 0)
+            return c + 1;
+    }
+    return NULL;
 }
 
 void cfg_redact_url(const char *url, char *out, size_t len)
@@ -285,26 +296,34 @@ void cfg_redact_url(const char *url, char *out, size_t len)
         snprintf(out, len, "(unset)");
         return;
     }
-    if (strstr(url, "://")) {
-        redact_url_list(url, out, len);
+    size_t pos = 0;
+    out[0] = 0;
+    if (!strstr(url, "://")) { /* a libpq keyword/value string */
+        put_params(out, len, &pos, url, url + strlen(url), false);
         return;
     }
-    /* libpq keyword/value string: mask the value of password=... */
-    const char *pw = strstr(url, "password=");
-    if (!pw) {
-        snprintf(out, len, "%s", url);
-        return;
+    /* Each URL of the list: user:password@ in its authority, which ends at
+     * '/', '?', '#' or the next URL. The password is whatever lies between
+     * the first ':' and the last '@', so an unencoded ',' or '@' in it is
+     * masked too. Then its query parameters. */
+    for (const char *p = url; *p;) {
+        const char *auth = strstr(p, "://") + 3;
+        const char *next = next_url(auth);
+        const char *stop = next ? next - 1 : auth + strlen(auth); /* at the ',' */
+        const char *end = auth + strcspn(auth, "/?#");
+        if (end > stop)
+            end = stop;
+        const char *at = NULL;
+        for (const char *c = auth; c < end; c++)
+            if (*c == '@')
+                at = c;
+        const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+        if (colon) {
+            put(out, len, &pos, p, (size_t)(colon - p));
+            put(out, len, &pos, ":***", 4);
+            p = at;
+        }
+        put_params(out, len, &pos, p, stop, true);
+        p = stop;
     }
-    const char *end = pw + 9;
-    if (*end == '\'') {
-        end++;
-        while (*end && *end != '\'')
-            end += (*end == '\\' && end[1]) ? 2 : 1;
-        if (*end)
-            end++;
-    } else {
-        while (*end && *end != ' ')
-            end++;
-    }
-    snprintf(out, len, "%.*spassword=***%s", (int)(pw - url), url, end);
 }

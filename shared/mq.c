@@ -4,6 +4,7 @@
  */
 #include "mq.h"
 
+#include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +23,7 @@
 struct mq {
     amqp_connection_state_t conn;
     bool broken;
-    char error[256];
+    char error[512];
     char peer[128]; /* "host:port" of the broker, for logs */
 
     /* Deliveries read while waiting for something else, oldest first. */
@@ -102,40 +103,157 @@ static int rpc_check(mq_t *mq, amqp_rpc_reply_t r, const char *what)
     return PAYQ_ERR_AMQP;
 }
 
-static int open_socket(mq_t *mq, const struct amqp_connection_info *ci)
+/* PAYQ_OK when the file is readable and holds a PEM block (a certificate or
+ * a key); else PAYQ_ERR_CONFIG with the reason in err. */
+static int pem_file_check(const char *what, const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "%s: cannot read %s: %s", what, path, strerror(errno));
+        return PAYQ_ERR_CONFIG;
+    }
+    char buf[8192];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    if (!strstr(buf, "-----BEGIN ")) {
+        snprintf(err, errlen, "%s: %s is not a PEM file (no -----BEGIN line)", what, path);
+        return PAYQ_ERR_CONFIG;
+    }
+    return PAYQ_OK;
+}
+
+static bool set(const char *s)
+{
+    return s && *s;
+}
+
+int mq_tls_check(const char *url, const struct mq_tls *tls, char *err, size_t errlen)
+{
+    if (!tls || (!set(tls->cacert) && !set(tls->cert) && !set(tls->key)))
+        return PAYQ_OK;
+    if (set(tls->cert) != set(tls->key)) {
+        snprintf(err, errlen,
+                 "AMQP_CERT (--amqp-cert) and AMQP_KEY (--amqp-key) go together: a client "
+                 "certificate and its private key");
+        return PAYQ_ERR_CONFIG;
+    }
+    /* Every address of the list must be amqps:// (a host[:port] entry takes
+     * the first URL's scheme, mqurl.h). */
+    int rc;
+    size_t n = mq_url_count(url);
+    for (size_t k = 0; k < n; k++) {
+        char one[1024];
+        if ((rc = mq_url_at(url, k, one, sizeof one, err, errlen)) != PAYQ_OK) {
+            if (rc == PAYQ_ERR_RANGE)
+                snprintf(err, errlen, "an AMQP_URL address is too long");
+            return PAYQ_ERR_CONFIG;
+        }
+        if (strncmp(one, "amqps://", 8) != 0) {
+            char which[64] = "";
+            if (n > 1)
+                snprintf(which, sizeof which, " (address %zu of %zu)", k + 1, n);
+            snprintf(err, errlen,
+                     "TLS settings (AMQP_CACERT, AMQP_CERT, AMQP_KEY) are set but the broker URL%s "
+                     "is not amqps://: that connection would not be encrypted; use "
+                     "amqps://host:5671",
+                     which);
+            return PAYQ_ERR_CONFIG;
+        }
+    }
+    if (set(tls->cacert) &&
+        (rc = pem_file_check("AMQP_CACERT (--amqp-cacert)", tls->cacert, err, errlen)) != PAYQ_OK)
+        return rc;
+    if (set(tls->cert) &&
+        (rc = pem_file_check("AMQP_CERT (--amqp-cert)", tls->cert, err, errlen)) != PAYQ_OK)
+        return rc;
+    if (set(tls->key) &&
+        (rc = pem_file_check("AMQP_KEY (--amqp-key)", tls->key, err, errlen)) != PAYQ_OK)
+        return rc;
+    return PAYQ_OK;
+}
+
+/* Why amqp_socket_open failed, in words that name the fix. */
+static void open_error(int st, const struct amqp_connection_info *ci, const struct mq_tls *tls,
+                       char *err, size_t errlen)
+{
+    const char *ca = tls && set(tls->cacert) ? tls->cacert : NULL;
+    switch (st) {
+    case AMQP_STATUS_SSL_PEER_VERIFY_FAILED:
+        snprintf(err, errlen,
+                 "TLS: certificate verify failed: the broker's certificate is not trusted by %s%s "
+                 "(signed by another CA, expired or not yet valid); set AMQP_CACERT "
+                 "(--amqp-cacert) to the CA that signed it",
+                 ca ? "the CA file " : "the system's CAs", ca ? ca : "");
+        break;
+    case AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED:
+        snprintf(err, errlen,
+                 "TLS: the broker's certificate does not name the host \"%s\" (only DNS names "
+                 "are matched, not IP addresses); connect by a host name the certificate lists",
+                 ci->host);
+        break;
+    case AMQP_STATUS_SSL_CONNECTION_FAILED:
+        snprintf(err, errlen,
+                 "TLS handshake with %s:%d failed: is that port a TLS listener (amqps, 5671 by "
+                 "default, not amqp's 5672)? Or the broker refused the client certificate",
+                 ci->host, ci->port);
+        break;
+    default: snprintf(err, errlen, "%s", amqp_error_string2(st));
+    }
+}
+
+int mq_socket_open(amqp_connection_state_t conn, const struct amqp_connection_info *ci,
+                   const struct mq_tls *tls, int timeout_s, char *err, size_t errlen)
 {
     amqp_socket_t *sock;
     if (ci->ssl) {
-        sock = amqp_ssl_socket_new(mq->conn);
-        if (!sock) {
-            set_error(mq, "cannot create a TLS socket");
+        if (!(sock = amqp_ssl_socket_new(conn))) {
+            snprintf(err, errlen, "cannot create a TLS socket");
             return PAYQ_ERR_AMQP;
         }
         amqp_ssl_socket_set_verify_peer(sock, 1);
         amqp_ssl_socket_set_verify_hostname(sock, 1);
-        const char *ca = getenv("AMQP_CACERT");
-        if (ca && *ca && amqp_ssl_socket_set_cacert(sock, ca) != AMQP_STATUS_OK) {
-            set_error(mq, "cannot load the CA certificate %s", ca);
-            return PAYQ_ERR_AMQP;
+        if (tls && set(tls->cacert) &&
+            amqp_ssl_socket_set_cacert(sock, tls->cacert) != AMQP_STATUS_OK) {
+            snprintf(err, errlen,
+                     "TLS: cannot load the CA file %s (AMQP_CACERT): unreadable or not PEM",
+                     tls->cacert);
+            return PAYQ_ERR_CONFIG;
         }
-    } else {
-        sock = amqp_tcp_socket_new(mq->conn);
-        if (!sock) {
-            set_error(mq, "cannot create a TCP socket");
-            return PAYQ_ERR_AMQP;
+        if (tls && set(tls->cert) &&
+            amqp_ssl_socket_set_key(sock, tls->cert, set(tls->key) ? tls->key : tls->cert) !=
+                AMQP_STATUS_OK) {
+            snprintf(err, errlen,
+                     "TLS: cannot load the client certificate %s with the key %s (AMQP_CERT, "
+                     "AMQP_KEY): unreadable, not PEM, an encrypted key or a key of another "
+                     "certificate",
+                     tls->cert, set(tls->key) ? tls->key : tls->cert);
+            return PAYQ_ERR_CONFIG;
         }
+    } else if (!(sock = amqp_tcp_socket_new(conn))) {
+        snprintf(err, errlen, "cannot create a TCP socket");
+        return PAYQ_ERR_AMQP;
     }
-    struct timeval tv = { 10, 0 };
+    struct timeval tv = { timeout_s, 0 };
     int st = amqp_socket_open_noblock(sock, ci->host, ci->port, &tv);
     if (st != AMQP_STATUS_OK) {
         /* The URL is redacted by the caller; this names only the failure. */
-        set_error(mq, "%s", amqp_error_string2(st));
+        open_error(st, ci, tls, err, errlen);
         return PAYQ_ERR_AMQP;
     }
     return PAYQ_OK;
 }
 
-static _Thread_local char connect_error[512];
+static int open_socket(mq_t *mq, const struct amqp_connection_info *ci, const struct mq_tls *tls)
+{
+    int rc = mq_socket_open(mq->conn, ci, tls, 10, mq->error, sizeof mq->error);
+    if (rc != PAYQ_OK)
+        mq->broken = true;
+    return rc;
+}
+
+/* Room for "host:port: " (peer) and a connection's error. */
+static _Thread_local char connect_error[768];
 
 const char *mq_connect_error(void) { return connect_error; }
 
@@ -143,7 +261,8 @@ const char *mq_peer(const mq_t *mq) { return mq->peer; }
 
 /* Connects to one broker; on failure *out is untouched and why (no
  * credentials) is in connect_error. */
-static int connect_one(const char *url, const char *name, int heartbeat, mq_t **out)
+static int connect_one(const char *url, const struct mq_tls *tls, const char *name, int heartbeat,
+                       mq_t **out)
 {
     connect_error[0] = 0;
     mq_t *mq = calloc(1, sizeof *mq);
@@ -164,7 +283,7 @@ static int connect_one(const char *url, const char *name, int heartbeat, mq_t **
     snprintf(mq->peer, sizeof mq->peer, "%s:%d", ci.host, ci.port);
     if (!(mq->conn = amqp_new_connection()))
         goto fail;
-    if ((rc = open_socket(mq, &ci)) != PAYQ_OK)
+    if ((rc = open_socket(mq, &ci, tls)) != PAYQ_OK)
         goto fail;
 
     amqp_table_entry_t props[2];
@@ -212,11 +331,12 @@ fail:
  * the pid, so processes started together do not all begin with node 1. */
 static atomic_uint next_start;
 
-int mq_connect(const char *url, const char *name, int heartbeat, mq_t **out)
+int mq_connect(const char *url, const struct mq_tls *tls, const char *name, int heartbeat,
+               mq_t **out)
 {
     size_t n = mq_url_count(url);
     if (n == 1)
-        return connect_one(url, name, heartbeat, out);
+        return connect_one(url, tls, name, heartbeat, out);
     size_t start = (atomic_fetch_add(&next_start, 1) + (unsigned)getpid()) % n;
     char addr[1024], why[sizeof connect_error - 64] = "";
     size_t used = 0;
@@ -229,7 +349,7 @@ int mq_connect(const char *url, const char *name, int heartbeat, mq_t **out)
                      rc == PAYQ_ERR_CONFIG ? err : "an AMQP_URL address is too long");
             return PAYQ_ERR_CONFIG;
         }
-        rc = connect_one(addr, name, heartbeat, out);
+        rc = connect_one(addr, tls, name, heartbeat, out);
         if (rc == PAYQ_OK || rc == PAYQ_ERR_CONFIG || rc == PAYQ_ERR_NOMEM)
             return rc;
         /* Every node's reason, in the order tried. */

@@ -46,18 +46,55 @@ struct mq_delivery {
 void mq_delivery_free(struct mq_delivery *d);
 
 /*
- * Connects to an amqp:// or amqps:// URL (amqps verifies the peer against
- * the system CAs or the file in AMQP_CACERT), logs in, opens both channels and
- * puts the publish channel in confirm mode. `name` is shown as the
- * connection name in the management UI. heartbeat in seconds (0 = off).
+ * TLS settings for amqps:// URLs; every field may be NULL. The broker's
+ * certificate is always verified, against `cacert` (a PEM file of one or more
+ * CA certificates) or else the system's CAs, and must name the URL's host
+ * (a DNS name: rabbitmq-c does not match IP addresses). `cert` and `key`
+ * (PEM files, the key unencrypted) present a client certificate for mutual
+ * TLS. There is no switch to skip verification. The caller owns the strings,
+ * which must outlive the calls that take the struct.
+ */
+struct mq_tls {
+    const char *cacert; /* AMQP_CACERT / --amqp-cacert */
+    const char *cert;   /* AMQP_CERT / --amqp-cert */
+    const char *key;    /* AMQP_KEY / --amqp-key */
+};
+
+/*
+ * Checks the TLS settings against the URL before any connection, for a clear
+ * configuration error at start: the files exist, are readable and hold PEM;
+ * cert and key come together; and TLS settings never go with a plain amqp://
+ * URL (that connection would not be encrypted). PAYQ_ERR_CONFIG with the
+ * reason in err otherwise. tls may be NULL.
+ */
+int mq_tls_check(const char *url, const struct mq_tls *tls, char *err,
+                 size_t errlen) PAYQ_MUSTCHECK;
+
+/*
+ * Opens the socket of a connection to ci (from amqp_parse_url): TLS with the
+ * checks above when ci->ssl, else plain TCP; never one for the other. The
+ * connection owns the socket. On failure err says why, naming the
+ * certificate problem and its fix.
+ */
+int mq_socket_open(amqp_connection_state_t conn, const struct amqp_connection_info *ci,
+                   const struct mq_tls *tls, int timeout_s, char *err,
+                   size_t errlen) PAYQ_MUSTCHECK;
+
+/*
+ * Connects to an amqp:// or amqps:// URL (amqps: see struct mq_tls; tls may
+ * be NULL), logs in, opens both channels and puts the publish channel in
+ * confirm mode. `name` is shown as the connection name in the management UI.
+ * heartbeat in seconds (0 = off).
  *
  * url may list several brokers, the nodes of a cluster (mqurl.h): they are
- * tried in turn, each call of the process starting one further along the
- * list (offset by the pid), so threads and processes spread over the nodes
- * and a reconnect after a node is lost begins with another node. One round
- * over the list per call: the caller's backoff spaces the rounds.
+ * tried in turn, each with the same tls settings, each call of the process
+ * starting one further along the list (offset by the pid), so threads and
+ * processes spread over the nodes and a reconnect after a node is lost begins
+ * with another node. One round over the list per call: the caller's backoff
+ * spaces the rounds.
  */
-int mq_connect(const char *url, const char *name, int heartbeat, mq_t **out) PAYQ_MUSTCHECK;
+int mq_connect(const char *url, const struct mq_tls *tls, const char *name, int heartbeat,
+               mq_t **out) PAYQ_MUSTCHECK;
 
 /* "host:port" of the broker this connection reached (no credentials). */
 const char *mq_peer(const mq_t *mq);

@@ -17,13 +17,22 @@
 # collide with a system-wide instance. Everything is idempotent: `up` on a
 # running stack only re-imports the definitions, migrates and prints the env.
 #
+# TLS: `up` makes (once, with openssl) a private CA and a server certificate
+# for 127.0.0.1 / localhost signed by it, in $PAYQ_STACK_DIR/tls. RabbitMQ
+# listens for amqps:// on PAYQ_AMQPS_PORT beside the plain port, PostgreSQL
+# accepts TLS (sslmode=verify-full with sslrootcert=<the CA>) and plain
+# connections alike. `env` exports the CA (PAYQ_TLS_CA), a client
+# certificate signed by the same CA (PAYQ_TLS_CLIENT_CERT / _KEY) and
+# AMQPS_URL / DATABASE_TLS_URL, ready to use.
+#
 # THIS IS A LOCAL DEVELOPMENT STACK: the broker user and the database role are
 # both payq / payq, which is fine on loopback and wrong anywhere else.
 #
 # Environment (defaults in brackets):
 #   PAYQ_STACK_DIR [<checkout>/.stack]  PAYQ_AMQP_PORT [5673]
-#   PAYQ_MGMT_PORT [15673]  PAYQ_PROM_PORT [15693]  PAYQ_DIST_PORT [25673]
-#   PAYQ_PG_PORT [5433]  BUILD_DIR [<checkout>/build]
+#   PAYQ_AMQPS_PORT [AMQP port + 1: 5674]  PAYQ_MGMT_PORT [15673]
+#   PAYQ_PROM_PORT [15693]  PAYQ_DIST_PORT [25673]  PAYQ_PG_PORT [5433]
+#   BUILD_DIR [<checkout>/build]
 #   PAYQ_CMAKE_ARGS   extra arguments for the configure step when `up` has to
 #                     build payq-worker itself
 #   PAYQ_STACK_NO_MIGRATE=1   skip building the worker and migrating
@@ -33,6 +42,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 STACK_DIR=${PAYQ_STACK_DIR:-$REPO/.stack}
 AMQP_PORT=${PAYQ_AMQP_PORT:-5673}
+AMQPS_PORT=${PAYQ_AMQPS_PORT:-$((AMQP_PORT + 1))}
 MGMT_PORT=${PAYQ_MGMT_PORT:-15673}
 PROM_PORT=${PAYQ_PROM_PORT:-15693}
 DIST_PORT=${PAYQ_DIST_PORT:-25673}
@@ -47,7 +57,7 @@ DB_NAME=payq
 
 PACKAGES=(rabbitmq-server postgresql postgresql-client librabbitmq-dev libpq-dev
           libjansson-dev libcmocka-dev amqp-tools cmake gcc libc6-dev pkg-config
-          make curl jq clang libclang-rt-14-dev libmicrohttpd-dev)
+          make curl jq clang libclang-rt-14-dev libmicrohttpd-dev openssl)
 
 RMQ_BIN=/usr/lib/rabbitmq/bin
 PG_BIN=/usr/lib/postgresql/15/bin
@@ -58,6 +68,7 @@ if [[ $AMQP_PORT == 5673 ]]; then RMQ_NODE=payq@localhost; else RMQ_NODE=payq-$A
 RMQ_PID_FILE=$RMQ_DIR/rabbitmq.pid # written by the broker itself: the VM's pid
 RMQ_LOG_DIR=$RMQ_DIR/log
 RMQ_CONF=$RMQ_DIR/rabbitmq.conf
+TLS_DIR=$STACK_DIR/tls
 
 log() { printf 'stack: %s\n' "$*" >&2; }
 die() { printf 'stack: error: %s\n' "$*" >&2; exit 1; }
@@ -134,6 +145,56 @@ wait_until() { # seconds command...: poll once a second
     done
 }
 
+# ---------------------------------------------------------------------- TLS
+
+# tls_valid FILE: a certificate that exists and stays valid for another day.
+tls_valid() {
+    [[ -s $1 ]] && openssl x509 -in "$1" -noout -checkend 86400 >/dev/null 2>&1
+}
+
+# tls_issue NAME SUBJECT EXTENSIONS...: NAME.key (P-256) and NAME.pem signed by
+# the stack's CA, in the current directory.
+tls_issue() {
+    local name=$1 subj=$2
+    shift 2
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -noenc \
+        -keyout "$name.key" -subj "$subj" -out "$name.csr" 2>/dev/null
+    openssl x509 -req -in "$name.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
+        -sha256 -extfile <(printf '%s\n' "$@") -out "$name.pem" 2>/dev/null
+    rm -f "$name.csr"
+}
+
+# The stack's private CA and the certificates it signs, made once (and again
+# when one is about to expire): server.pem for 127.0.0.1 and localhost (both
+# servers present it) and client.pem for mutual TLS (CN payq-worker). Keys
+# are 0600; the certificates are public.
+tls_make() {
+    if tls_valid "$TLS_DIR/ca.pem" && tls_valid "$TLS_DIR/server.pem" &&
+        tls_valid "$TLS_DIR/client.pem"; then
+        return 0
+    fi
+    command -v openssl >/dev/null || die "openssl is missing (bash $0 deps installs it)"
+    log "making a private CA and TLS certificates for $HOST / localhost in $TLS_DIR"
+    mkdir -p "$TLS_DIR"
+    (
+        cd "$TLS_DIR"
+        umask 077
+        rm -f ./*.pem ./*.key ./*.srl
+        openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -noenc \
+            -keyout ca.key -out ca.pem -days 3650 -sha256 \
+            -subj "/O=payq/CN=payq development CA ($(hostname -s 2>/dev/null || echo localhost))" \
+            -addext 'basicConstraints=critical,CA:TRUE' \
+            -addext 'keyUsage=critical,keyCertSign,cRLSign' 2>/dev/null
+        tls_issue server "/O=payq/CN=localhost" 'basicConstraints=CA:FALSE' \
+            'keyUsage=critical,digitalSignature,keyEncipherment' 'extendedKeyUsage=serverAuth' \
+            "subjectAltName=IP:$HOST,DNS:localhost"
+        tls_issue client "/O=payq/CN=payq-worker" 'basicConstraints=CA:FALSE' \
+            'keyUsage=critical,digitalSignature' 'extendedKeyUsage=clientAuth'
+        chmod 644 ca.pem server.pem client.pem
+    ) || die "openssl could not make the certificates in $TLS_DIR"
+    tls_valid "$TLS_DIR/server.pem" || die "openssl made no valid server certificate in $TLS_DIR"
+}
+
 # ----------------------------------------------------------------- RabbitMQ
 
 # The environment of the private node, for the server and the CLI alike.
@@ -177,19 +238,31 @@ rmq_running() {
 }
 
 # The config the private node uses: rabbitmq/rabbitmq.conf with its listener
-# lines replaced (loopback only, private ports) and a smaller disk limit, so a
-# laptop with a few GB free still accepts publishes.
+# and TLS lines replaced (loopback only, private ports, the stack's
+# certificates) and a smaller disk limit, so a laptop with a few GB free still
+# accepts publishes. Written to $1.
 write_rmq_conf() {
     mkdir -p "$RMQ_DIR/conf.d" "$RMQ_LOG_DIR" "$RMQ_DIR/mnesia"
     : >"$RMQ_DIR/rabbitmq-env.conf"
     {
         echo "# Generated by tests/stack.sh from rabbitmq/rabbitmq.conf; edit that file instead."
-        grep -vE '^[[:space:]]*(listeners\.|management\.tcp\.|prometheus\.tcp\.|disk_free_limit\.|load_definitions|default_(user|pass))' \
+        grep -vE '^[[:space:]]*(listeners\.|ssl_options\.|management\.tcp\.|prometheus\.tcp\.|disk_free_limit\.|load_definitions|default_(user|pass))' \
             "$REPO/rabbitmq/rabbitmq.conf"
         cat <<EOF
 
 ## tests/stack.sh overrides: loopback only, private ports.
 listeners.tcp.local = $HOST:$AMQP_PORT
+# amqps:// beside the plain listener, with the stack's private CA. A client
+# certificate is optional (mutual TLS) but, when one is sent, it must be
+# signed by that CA.
+listeners.ssl.local = $HOST:$AMQPS_PORT
+ssl_options.cacertfile = $TLS_DIR/ca.pem
+ssl_options.certfile = $TLS_DIR/server.pem
+ssl_options.keyfile = $TLS_DIR/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+ssl_options.versions.1 = tlsv1.3
+ssl_options.versions.2 = tlsv1.2
 management.tcp.ip = $HOST
 management.tcp.port = $MGMT_PORT
 prometheus.tcp.ip = $HOST
@@ -201,8 +274,7 @@ default_user = $USER_NAME
 default_pass = $USER_PASS
 default_user_tags.administrator = true
 EOF
-    } >"$RMQ_CONF.tmp"
-    mv "$RMQ_CONF.tmp" "$RMQ_CONF"
+    } >"$1"
 }
 
 rmq_log_tail() {
@@ -216,15 +288,26 @@ rmq_log_tail() {
 
 rmq_start() {
     local launcher=
+    write_rmq_conf "$RMQ_CONF.new"
+    # A node started from an older configuration (before the TLS listener,
+    # say) is restarted once so that it runs with the current one; edited
+    # comments alone restart nothing.
+    if rmq_running && ! cmp -s <(grep -v '^[[:space:]]*#' "$RMQ_CONF.new") \
+        <(grep -v '^[[:space:]]*#' "$RMQ_CONF" 2>/dev/null); then
+        log "RabbitMQ's generated configuration changed ($RMQ_CONF): restarting the node"
+        rmq_stop
+        require_free_ports "AMQP over TLS:$AMQPS_PORT"
+    fi
     if rmq_running; then
+        rm -f "$RMQ_CONF.new"
         log "RabbitMQ already running (pid $(rmq_pid), node $RMQ_NODE)"
     else
         if [[ -e $RMQ_PID_FILE ]]; then
             log "removing stale RabbitMQ pid file (pid $(rmq_pid || echo '?') is gone)"
             rm -f "$RMQ_PID_FILE"
         fi
-        write_rmq_conf
-        log "starting RabbitMQ node $RMQ_NODE (AMQP $HOST:$AMQP_PORT)"
+        mv "$RMQ_CONF.new" "$RMQ_CONF"
+        log "starting RabbitMQ node $RMQ_NODE (AMQP $HOST:$AMQP_PORT, AMQPS $HOST:$AMQPS_PORT)"
         # A session of its own and every fd redirected: the server outlives
         # this script and never holds the caller's terminal or pipes open.
         cd /
@@ -365,9 +448,42 @@ max_connections = 200
 EOF
 }
 
+# The server certificate and key, copied into the data directory: PostgreSQL
+# refuses a key that others can read, or that belongs to another user than
+# the server's (root may own it only with mode 0640).
+pg_tls_files() {
+    local -a owner=()
+    if ((EUID == 0)); then owner=(-o postgres -g postgres); fi
+    install "${owner[@]}" -m 600 "$TLS_DIR/server.pem" "$PG_DATA/server.crt"
+    install "${owner[@]}" -m 600 "$TLS_DIR/server.key" "$PG_DATA/server.key"
+}
+
+# Rewritten on every start: listen address, port, socket and TLS. TLS is
+# offered, not required: pg_hba's `host` lines take both, so the tests that
+# connect in plain text keep working.
+pg_write_conf() {
+    as_pg sh -c 'cat >"$1"' sh "$PG_DATA/payq-stack.conf" <<EOF
+# Generated by tests/stack.sh on every start.
+listen_addresses = '$HOST'
+port = $PG_PORT
+unix_socket_directories = '$PG_SOCK'
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+ssl_min_protocol_version = 'TLSv1.2'
+EOF
+}
+
 pg_start() {
     pg_init
     if pg_running; then
+        # A server started before TLS was configured: ssl is reloadable.
+        if [[ $(pg_psql -d postgres -Atc 'SHOW ssl') != on ]]; then
+            log "enabling TLS in the running PostgreSQL (reload)"
+            pg_tls_files
+            pg_write_conf
+            pg_psql -d postgres -c 'SELECT pg_reload_conf()' >/dev/null
+        fi
         log "PostgreSQL already running (data $PG_DATA)"
         return 0
     fi
@@ -384,13 +500,9 @@ pg_start() {
     fi
     mkdir -p "$PG_SOCK"
     if ((EUID == 0)); then chown postgres: "$PG_SOCK"; fi
-    as_pg sh -c 'cat >"$1"' sh "$PG_DATA/payq-stack.conf" <<EOF
-# Generated by tests/stack.sh on every start.
-listen_addresses = '$HOST'
-port = $PG_PORT
-unix_socket_directories = '$PG_SOCK'
-EOF
-    log "starting PostgreSQL 15 ($HOST:$PG_PORT)"
+    pg_tls_files
+    pg_write_conf
+    log "starting PostgreSQL 15 ($HOST:$PG_PORT, TLS offered)"
     if ! as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t "$TIMEOUT" start >/dev/null 9>&-; then
         [[ -f $PG_LOG ]] && tail -n 40 "$PG_LOG" >&2
         die "PostgreSQL did not start (log $PG_LOG)"
@@ -439,16 +551,28 @@ lock_stack() {
 amqp_url() { echo "amqp://$USER_NAME:$USER_PASS@$HOST:$AMQP_PORT"; }
 database_url() { echo "postgresql://$USER_NAME:$USER_PASS@$HOST:$PG_PORT/$DB_NAME"; }
 mgmt_url() { echo "http://$HOST:$MGMT_PORT"; }
+# The host name is the certificate's: rabbitmq-c checks DNS names only;
+# libpq checks the IP address against the certificate's IP SAN.
+amqps_url() { echo "amqps://$USER_NAME:$USER_PASS@localhost:$AMQPS_PORT"; }
+database_tls_url() {
+    echo "$(database_url)?sslmode=verify-full&sslrootcert=$TLS_DIR/ca.pem"
+}
 
 cmd_env() {
     printf 'export AMQP_URL=%q\n' "$(amqp_url)"
     printf 'export DATABASE_URL=%q\n' "$(database_url)"
     printf 'export PAYQ_MGMT_URL=%q\n' "$(mgmt_url)"
     printf 'export PAYQ_STACK_DIR=%q\n' "$STACK_DIR"
+    # TLS: the private CA that signed both servers' certificate, a client
+    # certificate of the same CA, and the URLs that use them.
+    printf 'export PAYQ_TLS_CA=%q PAYQ_TLS_CERT=%q PAYQ_TLS_KEY=%q\n' \
+        "$TLS_DIR/ca.pem" "$TLS_DIR/client.pem" "$TLS_DIR/client.key"
+    printf 'export PAYQ_AMQPS_URL=%q\n' "$(amqps_url)"
+    printf 'export PAYQ_DATABASE_TLS_URL=%q\n' "$(database_tls_url)"
     # The ports too, so a later `stack.sh stop|start` from this environment
     # (a test) acts on this stack and no other.
-    printf 'export PAYQ_AMQP_PORT=%q PAYQ_MGMT_PORT=%q PAYQ_PROM_PORT=%q PAYQ_DIST_PORT=%q PAYQ_PG_PORT=%q\n' \
-        "$AMQP_PORT" "$MGMT_PORT" "$PROM_PORT" "$DIST_PORT" "$PG_PORT"
+    printf 'export PAYQ_AMQP_PORT=%q PAYQ_AMQPS_PORT=%q PAYQ_MGMT_PORT=%q PAYQ_PROM_PORT=%q PAYQ_DIST_PORT=%q PAYQ_PG_PORT=%q\n' \
+        "$AMQP_PORT" "$AMQPS_PORT" "$MGMT_PORT" "$PROM_PORT" "$DIST_PORT" "$PG_PORT"
 }
 
 # The worker binary: $BUILD_DIR/payq-worker, or worker/payq-worker when the
@@ -488,10 +612,11 @@ cmd_up() {
     # Every port a server about to start needs must be free, checked before
     # anything starts; a server of ours that already runs keeps its ports.
     local -a ports=()
-    rmq_running || ports+=("AMQP:$AMQP_PORT" "management UI:$MGMT_PORT"
+    rmq_running || ports+=("AMQP:$AMQP_PORT" "AMQP over TLS:$AMQPS_PORT" "management UI:$MGMT_PORT"
                            "prometheus:$PROM_PORT" "Erlang distribution:$DIST_PORT")
     pg_running || ports+=("PostgreSQL:$PG_PORT")
-    require_free_ports "${ports[@]}"
+    ((${#ports[@]} == 0)) || require_free_ports "${ports[@]}"
+    tls_make
     rmq_start
     rmq_setup
     pg_start
@@ -501,7 +626,7 @@ cmd_up() {
     log "up in $((SECONDS - t0))s. Management UI: $(mgmt_url) (login $USER_NAME / $USER_PASS)"
     # How to call this stack again, with the settings that differ from the defaults.
     local self= v
-    for v in PAYQ_STACK_DIR PAYQ_AMQP_PORT PAYQ_MGMT_PORT PAYQ_PROM_PORT PAYQ_DIST_PORT PAYQ_PG_PORT; do
+    for v in PAYQ_STACK_DIR PAYQ_AMQP_PORT PAYQ_AMQPS_PORT PAYQ_MGMT_PORT PAYQ_PROM_PORT PAYQ_DIST_PORT PAYQ_PG_PORT; do
         if [[ -n ${!v:-} ]]; then self+="$v=${!v} "; fi
     done
     self+="bash $REPO/tests/stack.sh"
@@ -531,7 +656,7 @@ cmd_status() {
     pg_locate
     if rmq_running; then
         if port_busy "$AMQP_PORT"; then
-            echo "RabbitMQ    running   pid $(rmq_pid), node $RMQ_NODE, AMQP $HOST:$AMQP_PORT, management $(mgmt_url), prometheus $HOST:$PROM_PORT, distribution port $DIST_PORT"
+            echo "RabbitMQ    running   pid $(rmq_pid), node $RMQ_NODE, AMQP $HOST:$AMQP_PORT, AMQPS $HOST:$AMQPS_PORT, management $(mgmt_url), prometheus $HOST:$PROM_PORT, distribution port $DIST_PORT"
         else
             echo "RabbitMQ    starting  pid $(rmq_pid), node $RMQ_NODE (AMQP $HOST:$AMQP_PORT not accepting yet)"
             ok=1
@@ -558,9 +683,9 @@ cmd_service() { # stop|start pg|rabbitmq
     pg_locate
     case $1:$2 in
     stop:pg) pg_stop ;;
-    start:pg) pg_start ;;
+    start:pg) tls_make; pg_start ;;
     stop:rabbitmq) rmq_stop ;;
-    start:rabbitmq) rmq_start ;;
+    start:rabbitmq) tls_make; rmq_start ;;
     *) die "usage: bash tests/stack.sh stop|start pg|rabbitmq" ;;
     esac
 }

@@ -14,6 +14,7 @@
  */
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,9 +38,16 @@ static const struct cfg_opt options[] = {
         "URL[,URL...]",
         "RabbitMQ to consume from (amqp:// or amqps://user:password@host:port/vhost); the nodes "
         "of a cluster as a comma-separated list, later ones also as host:port, tried in turn"),
+    OPT("amqp-cacert", "AMQP_CACERT", CFG_STR, NULL, 0, 0, amqp_tls.cacert, "FILE",
+        "amqps://: PEM file of the CA(s) that signed the broker's certificate (default: the "
+        "system's CAs). The certificate is always verified and must name the URL's host"),
+    OPT("amqp-cert", "AMQP_CERT", CFG_STR, NULL, 0, 0, amqp_tls.cert, "FILE",
+        "amqps://: client certificate (PEM) for mutual TLS, with --amqp-key"),
+    OPT("amqp-key", "AMQP_KEY", CFG_STR, NULL, 0, 0, amqp_tls.key, "FILE",
+        "amqps://: the client certificate's private key (PEM, not encrypted)"),
     OPT("database-url", "DATABASE_URL", CFG_SECRET, "", 0, 0, database_url, "URL",
-        "PostgreSQL to apply commands to (postgresql://user:password@host:port/db); "
-        "empty = libpq's PGHOST, PGUSER, ... variables"),
+        "PostgreSQL to apply commands to (postgresql://user:password@host:port/db; TLS: "
+        "?sslmode=verify-full&sslrootcert=FILE); empty = libpq's PGHOST, PGUSER, ... variables"),
     OPT("threads", "PAYQ_THREADS", CFG_INT, "2", 1, 256, threads, "N",
         "worker threads, each with its own broker and database connection"),
     OPT("prefetch", "PAYQ_PREFETCH", CFG_INT, "32", 1, 65535, prefetch, "N",
@@ -208,8 +216,14 @@ static int check(const struct worker_config *cfg)
 
 static int status(const struct worker_config *cfg)
 {
-    const struct status_config sc = { cfg->amqp_url, cfg->database_url, cfg->mgmt_url,
-                                      cfg->statement_timeout_ms, cfg->json };
+    const struct status_config sc = {
+        .amqp_url = cfg->amqp_url,
+        .database_url = cfg->database_url,
+        .mgmt_url = cfg->mgmt_url,
+        .statement_timeout_ms = cfg->statement_timeout_ms,
+        .json = cfg->json,
+        .amqp_tls = &cfg->amqp_tls,
+    };
     return status_print(&sc, stdout) == PAYQ_OK ? 0 : 1;
 }
 
@@ -231,6 +245,7 @@ static int run(const struct worker_config *cfg)
 
     struct worker_shared shared = { .cfg = cfg };
     atomic_init(&shared.stop, 0);
+    atomic_init(&shared.relay_stop, 0);
     if (fault_parse(&shared.fault, cfg->fault) != 0) {
         log_error("--fault must be POINT or POINT:N");
         return 2;
@@ -285,10 +300,15 @@ static int run(const struct worker_config *cfg)
                  sig == SIGTERM ? "SIGTERM" : "SIGINT");
         atomic_store(&shared.stop, 1);
     }
-    /* A second signal while draining exits at once: unacked deliveries are
-     * redelivered, so nothing is lost. */
+    atomic_store(&shared.stop, 1); /* also when a thread failed to start */
+    /* The consumer threads finish their batches first; then the relay
+     * publishes what they wrote to the outbox, and stops. A second signal
+     * while draining exits at once: unacked deliveries are redelivered and
+     * the outbox is published by the next relay, so nothing is lost. */
     for (long i = 0; i < started; i++) {
         struct timespec ts;
+        if (i == cfg->threads)
+            atomic_store(&shared.relay_stop, 1);
         for (;;) {
             clock_gettime(CLOCK_REALTIME, &ts);
             ts.tv_sec += 1;
@@ -334,7 +354,11 @@ int main(int argc, char **argv)
     log_init("payq-worker", (enum log_level)level);
     const char *command = nargs > 0 ? argv[1] : "run";
     int rc;
-    if (nargs > 1) {
+    bool uses_broker = strcmp(command, "run") == 0 || strcmp(command, "status") == 0;
+    if (uses_broker && mq_tls_check(cfg.amqp_url, &cfg.amqp_tls, err, sizeof err) != PAYQ_OK) {
+        log_error("%s", err);
+        rc = 2;
+    } else if (nargs > 1) {
         fprintf(stderr, "payq-worker: unexpected argument %s (see --help)\n", argv[2]);
         rc = 2;
     } else if (strcmp(command, "run") == 0) {

@@ -7,8 +7,8 @@
  * Queues: a passive queue.declare answers with the ready count and the
  * consumer count, exactly and at once. mq.h's mq_t hides its connection and
  * reports only the ready count, so this file opens its own small rabbitmq-c
- * connection (same URL rules as mq_connect: amqp:// or amqps:// with
- * AMQP_CACERT; of a list of cluster nodes, the first that answers). A
+ * connection (same URL and TLS rules as mq_connect, through
+ * mq_socket_open; of a list of cluster nodes, the first that answers). A
  * missing queue makes the broker close the channel: we answer close-ok and
  * go on with a new channel. Unacked counts exist only in the
  * management API, read with curl when it answers; its figures lag by the
@@ -29,13 +29,12 @@
 #include <unistd.h>
 
 #include <amqp.h>
-#include <amqp_ssl_socket.h>
-#include <amqp_tcp_socket.h>
 #include <jansson.h>
 
 #include "config.h"
 #include "log.h"
 #include "money.h"
+#include "mq.h"
 #include "mqurl.h"
 #include "topology.h"
 
@@ -45,7 +44,7 @@ struct broker {
     amqp_connection_state_t conn;
     amqp_channel_t channel; /* open channel, 0 = none */
     amqp_channel_t next;    /* the number the next channel.open uses */
-    char error[256];
+    char error[512];
 };
 
 static void broker_close(struct broker *b)
@@ -89,35 +88,15 @@ static int broker_fail(struct broker *b, amqp_rpc_reply_t r, const char *what)
 }
 
 /* Connects and logs in; ci must come from amqp_parse_url (or the defaults). */
-static int broker_open(struct broker *b, const struct amqp_connection_info *ci)
+static int broker_open(struct broker *b, const struct amqp_connection_info *ci,
+                       const struct mq_tls *tls)
 {
-    amqp_socket_t *sock;
     if (!(b->conn = amqp_new_connection()))
         return PAYQ_ERR_NOMEM;
-    if (ci->ssl) {
-        sock = amqp_ssl_socket_new(b->conn);
-        const char *ca = getenv("AMQP_CACERT");
-        if (sock) {
-            amqp_ssl_socket_set_verify_peer(sock, 1);
-            amqp_ssl_socket_set_verify_hostname(sock, 1);
-            if (ca && *ca && amqp_ssl_socket_set_cacert(sock, ca) != AMQP_STATUS_OK) {
-                snprintf(b->error, sizeof b->error, "cannot load the CA certificate %s", ca);
-                return PAYQ_ERR_AMQP;
-            }
-        }
-    } else {
-        sock = amqp_tcp_socket_new(b->conn);
-    }
-    if (!sock) {
-        snprintf(b->error, sizeof b->error, "cannot create a socket");
-        return PAYQ_ERR_AMQP;
-    }
+    int rc = mq_socket_open(b->conn, ci, tls, 5, b->error, sizeof b->error);
+    if (rc != PAYQ_OK)
+        return rc;
     struct timeval tv = { 5, 0 };
-    int st = amqp_socket_open_noblock(sock, ci->host, ci->port, &tv);
-    if (st != AMQP_STATUS_OK) {
-        snprintf(b->error, sizeof b->error, "%s", amqp_error_string2(st));
-        return PAYQ_ERR_AMQP;
-    }
     (void)amqp_set_rpc_timeout(b->conn, &tv);
     amqp_table_entry_t props[1];
     props[0].key = amqp_cstring_bytes("connection_name");
@@ -307,10 +286,12 @@ static int gather_queues(const struct status_config *cfg, json_t *st, char *err,
         }
         broker_close(&b);
         memset(&b, 0, sizeof b);
-        if ((rc = broker_open(&b, &ci)) != PAYQ_OK)
+        if ((rc = broker_open(&b, &ci, cfg->amqp_tls)) != PAYQ_OK)
             snprintf(err, errlen, "%s%s%s:%d: %s", naddr > 1 ? "no broker answered; last " : "",
                      naddr > 1 ? "tried " : "", ci.host, ci.port,
                      b.error[0] ? b.error : payq_strerror(rc));
+        if (rc == PAYQ_ERR_CONFIG) /* a TLS file that does not load: so for every node */
+            goto fail;
     }
     if (rc != PAYQ_OK)
         goto fail;
@@ -636,7 +617,7 @@ int status_print(const struct status_config *cfg, FILE *out)
     if (!st)
         return PAYQ_ERR_NOMEM;
     int rc = PAYQ_OK;
-    char red[512], err[512] = "";
+    char red[512], err[768] = ""; /* err: "host:port: " and the broker's error */
 
     /* Placeholders first: with JSON_PRESERVE_ORDER they open the object. */
     char now[32];
@@ -658,9 +639,11 @@ int status_print(const struct status_config *cfg, FILE *out)
     }
     if (mq_rc != PAYQ_OK) {
         json_object_set_new(st, "queues", json_null());
-        log_error("cannot read the queues of RabbitMQ at %s: %s; is RabbitMQ running? "
-                  "(bash tests/stack.sh up starts a local one)",
-                  red, err);
+        /* A TLS error names the certificate problem and its fix itself. */
+        log_error("cannot read the queues of RabbitMQ at %s: %s%s", red, err,
+                  strstr(err, "TLS") ? ""
+                                     : "; is RabbitMQ running? (bash tests/stack.sh up "
+                                       "starts a local one)");
         if (json_object_set_new(st, "broker_error", json_string(err)) != 0) {
             rc = PAYQ_ERR_NOMEM;
             goto done;

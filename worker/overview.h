@@ -13,13 +13,16 @@
 #include "db.h"
 #include "status.h"
 
+struct mq_tls;
+
 /* What status needs; strings are not owned and must outlive the call. */
 struct status_config {
-    const char *amqp_url;      /* the broker; credentials also log in to the management API */
-    const char *database_url;  /* "" or NULL = libpq's PG* variables */
-    const char *mgmt_url;      /* RabbitMQ management API (unacked counts); NULL or "" = skip */
-    long statement_timeout_ms; /* bound on each query */
-    int json;                  /* one JSON object instead of tables */
+    const char *amqp_url;          /* the broker; credentials also log in to the management API */
+    const char *database_url;      /* "" or NULL = libpq's PG* variables */
+    const char *mgmt_url;          /* RabbitMQ management API (unacked counts); NULL or "" = skip */
+    long statement_timeout_ms;     /* bound on each query */
+    int json;                      /* one JSON object instead of tables */
+    const struct mq_tls *amqp_tls; /* amqps:// settings (mq.h); may be NULL */
 };
 
 /*

@@ -27,6 +27,8 @@
 #define CONFIRM_TIMEOUT_MS 30000
 /* The longest wait for a NOTIFY before looking at the table anyway. */
 #define IDLE_WAIT_MS 1000
+/* The longest the relay goes on publishing after a stop request. */
+#define FLUSH_MS 10000
 /* Slices of every wait, so a stop request is seen quickly. */
 #define STOP_CHECK_MS 250
 
@@ -61,9 +63,10 @@ struct relay {
     struct backoff reconnect;
 };
 
+/* The relay outlives the consumer threads (see relay_stop). */
 static bool stopping(const struct relay *r)
 {
-    return atomic_load(&r->shared->stop) != 0;
+    return atomic_load(&r->shared->relay_stop) != 0;
 }
 
 static long long now_ms(void)
@@ -101,7 +104,8 @@ static int connect_all(struct relay *r)
     if ((rc = db_connect(r->cfg->database_url, r->db_name, r->cfg->statement_timeout_ms, &r->db)) !=
         PAYQ_OK)
         return rc;
-    if ((rc = mq_connect(r->cfg->amqp_url, r->mq_name, (int)r->cfg->heartbeat, &r->mq)) != PAYQ_OK)
+    if ((rc = mq_connect(r->cfg->amqp_url, &r->cfg->amqp_tls, r->mq_name, (int)r->cfg->heartbeat,
+                         &r->mq)) != PAYQ_OK)
         return rc;
     /* The worker threads declare the topology too, but the relay may get
      * there first, and a publish to a missing exchange closes the channel. */
@@ -306,6 +310,23 @@ out:
     return rc;
 }
 
+/* On the way out, after the consumer threads stopped: publish what they
+ * left in the outbox (bounded by FLUSH_MS; the next relay publishes the
+ * rest). */
+static int flush(struct relay *r)
+{
+    long long deadline = now_ms() + FLUSH_MS;
+    int count, total = 0, rc;
+    do {
+        if ((rc = relay_batch(r, &count)) != PAYQ_OK)
+            return rc;
+        total += count;
+    } while (count >= r->cfg->relay_batch && now_ms() < deadline);
+    log_info("relay: published %d event(s) on the way out; the outbox is %s", total,
+             count < r->cfg->relay_batch ? "empty" : "not empty yet (the next relay goes on)");
+    return PAYQ_OK;
+}
+
 /* Works on one pair of connections until a failure or a stop request. */
 static int run(struct relay *r)
 {
@@ -337,7 +358,7 @@ static int run(struct relay *r)
         if ((rc = wait_notify(r, IDLE_WAIT_MS, &notified)) != PAYQ_OK)
             return rc;
     }
-    return PAYQ_OK;
+    return r->leader ? flush(r) : PAYQ_OK;
 }
 
 /* Says which connection failed and why, and whether leadership goes with it. */

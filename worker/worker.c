@@ -566,7 +566,8 @@ static int connect_all(struct thread_ctx *t)
     int rc;
     if (!t->db && (rc = db_open(t)) != PAYQ_OK)
         return rc;
-    if ((rc = mq_connect(cfg->amqp_url, t->name, (int)cfg->heartbeat, &t->mq)) != PAYQ_OK) {
+    if ((rc = mq_connect(cfg->amqp_url, &cfg->amqp_tls, t->name, (int)cfg->heartbeat, &t->mq)) !=
+        PAYQ_OK) {
         char red[256];
         cfg_redact_url(cfg->amqp_url, red, sizeof red);
         log_error("cannot connect to RabbitMQ at %s: %s", red, mq_connect_error());

@@ -14,9 +14,11 @@
 #include <stdatomic.h>
 
 #include "fault.h"
+#include "mq.h"
 
 struct worker_config {
     const char *amqp_url;
+    struct mq_tls amqp_tls; /* amqps:// CA file and client certificate */
     const char *database_url;
     const char *queue;
     const char *sql_dir;
@@ -54,6 +56,7 @@ struct http_health;
 struct worker_shared {
     const struct worker_config *cfg;
     atomic_int stop; /* set by the signal thread: finish the delivery in hand, then exit */
+    atomic_int relay_stop; /* set once the consumer threads stopped: flush the outbox, exit */
     struct fault fault;
     struct http_health *health; /* readiness flags, one set per thread (http.h); may be NULL */
 };

@@ -19,6 +19,9 @@
 #include "topology.h"
 
 static const char *amqp_url, *database_url;
+/* amqps:// settings from AMQP_CACERT / AMQP_CERT / AMQP_KEY, as the
+ * programs read them (test_tls sets them). */
+static struct mq_tls tls;
 
 /* Workers this test started and has not reaped: killed at exit, so a failed
  * assertion never leaves a worker consuming behind the next test's back. */
@@ -55,6 +58,9 @@ void h_init(void)
 {
     amqp_url = getenv("AMQP_URL");
     database_url = getenv("DATABASE_URL");
+    tls.cacert = getenv("AMQP_CACERT");
+    tls.cert = getenv("AMQP_CERT");
+    tls.key = getenv("AMQP_KEY");
     if (!amqp_url || !database_url) {
         fprintf(stderr, "integration tests need AMQP_URL and DATABASE_URL: run\n"
                         "  eval \"$(bash tests/stack.sh env)\"\n"
@@ -194,7 +200,7 @@ int h_worker_stop(pid_t pid, int sig)
 mq_t *h_mq(void)
 {
     mq_t *mq;
-    assert_int_equal(mq_connect(amqp_url, "payq test", 30, &mq), PAYQ_OK);
+    assert_int_equal(mq_connect(amqp_url, &tls, "payq test", 30, &mq), PAYQ_OK);
     assert_int_equal(mq_declare_topology(mq), PAYQ_OK);
     assert_int_equal(mq_consume_direct_reply(mq), PAYQ_OK);
     return mq;
@@ -271,7 +277,7 @@ struct mq_delivery *h_dlq_take(const char *message_id, int timeout_ms)
     long long deadline = now_ms() + timeout_ms;
     while (now_ms() < deadline) {
         mq_t *mq;
-        assert_int_equal(mq_connect(amqp_url, "payq test dlq", 30, &mq), PAYQ_OK);
+        assert_int_equal(mq_connect(amqp_url, &tls, "payq test dlq", 30, &mq), PAYQ_OK);
         struct mq_delivery *found = NULL;
         for (;;) {
             struct mq_delivery *d = NULL;
@@ -363,13 +369,27 @@ int64_t h_int(const char *sql, int n, const char *const *params)
     return v;
 }
 
+/* h_text's value: grows to the longest value read, freed at exit. */
+static char *text_value;
+static size_t text_cap;
+
+static void free_text(void) { free(text_value); }
+
 const char *h_text(const char *sql, int n, const char *const *params)
 {
-    static char buf[4096];
     PGresult *r = query(sql, n, params);
-    snprintf(buf, sizeof buf, "%s", PQgetvalue(r, 0, 0));
+    size_t len = (size_t)PQgetlength(r, 0, 0);
+    if (len + 1 > text_cap) {
+        char *grown = realloc(text_value, len + 1);
+        assert_non_null(grown);
+        if (!text_value)
+            atexit(free_text);
+        text_value = grown;
+        text_cap = len + 1;
+    }
+    memcpy(text_value, PQgetvalue(r, 0, 0), len + 1);
     PQclear(r);
-    return buf;
+    return text_value;
 }
 
 const char *h_exec(const char *sql, int n, const char *const *params)

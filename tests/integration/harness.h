@@ -65,7 +65,7 @@ PGconn *h_db(void);
 /* Runs a query with text parameters and returns the first column of the
  * first row as int64 (fails the test on error or NULL). */
 int64_t h_int(const char *sql, int nparams, const char *const *params);
-/* Same for text; static storage. */
+/* Same for text, whole; valid until the next call. */
 const char *h_text(const char *sql, int nparams, const char *const *params);
 /* Runs a statement; returns its SQLSTATE ("" on success). Static storage. */
 const char *h_exec(const char *sql, int nparams, const char *const *params);

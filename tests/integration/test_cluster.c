@@ -235,7 +235,7 @@ static void publish_confirmed(const char *rk, const char *message_id, const char
     for (;;) {
         assert_true(now_ms() < deadline);
         if (!pub) {
-            if (mq_connect(getenv("AMQP_URL"), "payq cluster test", 30, &pub) != PAYQ_OK) {
+            if (mq_connect(getenv("AMQP_URL"), NULL, "payq cluster test", 30, &pub) != PAYQ_OK) {
                 pub = NULL;
                 sleep_ms(200);
                 continue;
@@ -328,7 +328,7 @@ static void test_node_stops_mid_run(void **state)
     assert_int_equal(
         mq_url_at(getenv("AMQP_URL"), (size_t)victim - 1, url, sizeof url, err, sizeof err),
         PAYQ_OK);
-    assert_int_equal(mq_connect(url, "payq cluster test", 30, &pub), PAYQ_OK);
+    assert_int_equal(mq_connect(url, NULL, "payq cluster test", 30, &pub), PAYQ_OK);
     mid_prefix = h_id("c-msg-");
     pay_prefix = h_id("c-pay-");
 
@@ -454,7 +454,7 @@ static void test_node_stops_mid_run(void **state)
         assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     }
     mq = NULL;
-    assert_int_equal(mq_connect(getenv("AMQP_URL"), "payq cluster test", 30, &mq), PAYQ_OK);
+    assert_int_equal(mq_connect(getenv("AMQP_URL"), NULL, "payq cluster test", 30, &mq), PAYQ_OK);
     uint32_t depth = 1;
     assert_int_equal(mq_queue_depth(mq, PAYQ_Q_COMMANDS, &depth), PAYQ_OK);
     assert_int_equal(depth, 0);

@@ -183,7 +183,7 @@ static int dlq_copies(const char *id)
 {
     (void)dlq_depth();
     mq_t *c;
-    assert_int_equal(mq_connect(getenv("AMQP_URL"), "payq test dlq scan", 30, &c), PAYQ_OK);
+    assert_int_equal(mq_connect(getenv("AMQP_URL"), NULL, "payq test dlq scan", 30, &c), PAYQ_OK);
     long total = -1, seen = 0;
     int found = 0;
     while (total < 0 || seen < total) {

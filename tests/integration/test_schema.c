@@ -74,7 +74,7 @@ static void test_postings_must_balance(void **state)
     const char *c = h_id("s-cust"), *m = h_id("s-merch");
     make_accounts(c, m);
     const char *p[3] = { h_id("unbalanced"), c, m };
-    /* 23514 check_violation, raised at COMMIT by the deferred trigger. */
+    /* 23514 check_violation, raised by the ledger's statement trigger. */
     assert_string_equal(h_exec("SELECT payq.post('payment', $1, 'USD', ARRAY[$2, $3],"
                                " ARRAY[-10, 9]::bigint[])",
                                3, p),

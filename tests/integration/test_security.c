@@ -35,7 +35,7 @@ static const char *url_for(const char *user)
 static mq_t *connect_as(const char *user)
 {
     mq_t *mq;
-    if (mq_connect(url_for(user), "payq security test", 30, &mq) != PAYQ_OK)
+    if (mq_connect(url_for(user), NULL, "payq security test", 30, &mq) != PAYQ_OK)
         fail_msg("cannot connect as %s: %s", user, mq_connect_error());
     return mq;
 }
@@ -143,7 +143,7 @@ static void test_operator_and_monitor(void **state)
     mq_close(mq);
 
     /* no access to the vhost at all: AMQP refuses the login */
-    assert_int_not_equal(mq_connect(url_for("payq-monitor"), "payq security test", 30, &mq),
+    assert_int_not_equal(mq_connect(url_for("payq-monitor"), NULL, "payq security test", 30, &mq),
                          PAYQ_OK);
     assert_non_null(strstr(mq_connect_error(), "refused"));
     const char *mgmt = getenv("PAYQ_MGMT_URL");

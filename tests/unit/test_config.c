@@ -1,7 +1,7 @@
 /*
  * test_config.c - settings: defaults < environment < flags, bounds, files
  * for secrets, URLs that never show a password, and AMQP_URL's list of
- * broker addresses.
+ * broker addresses (and the TLS settings' check of each).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "mq.h"
 #include "mqurl.h"
 
 struct cfg {
@@ -153,6 +154,23 @@ static void test_redact(void **state)
         { "amqp://u:se,cret@h1,amqp://u:s@cret@h2/", "amqp://u:***@h1,amqp://u:***@h2/" },
         { "postgresql://u:secret@db1:5432,db2:5432/payq",
           "postgresql://u:***@db1:5432,db2:5432/payq" },
+        /* TLS settings in the URL stay readable; passwords anywhere do not */
+        { "postgresql://payq:secret@127.0.0.1:5433/payq?sslmode=verify-full&sslrootcert=/x/ca.pem",
+          "postgresql://payq:***@127.0.0.1:5433/payq?sslmode=verify-full&sslrootcert=/x/ca.pem" },
+        { "postgresql://payq@db/payq?password=secret&sslmode=verify-full",
+          "postgresql://payq@db/payq?password=***&sslmode=verify-full" },
+        { "postgresql://u:secret@db/p?sslkey=/k.pem&sslpassword=secret#x",
+          "postgresql://u:***@db/p?sslkey=/k.pem&sslpassword=***#x" },
+        { "host=db sslmode=verify-full sslrootcert=/ca.pem sslpassword=secret password=secret",
+          "host=db sslmode=verify-full sslrootcert=/ca.pem sslpassword=*** password=***" },
+        { "amqps://payq:secret@localhost:5671/%2f", "amqps://payq:***@localhost:5671/%2f" },
+        /* Both at once: a list whose URLs carry password parameters. */
+        { "postgresql://u:secret@db1:5432,db2:5432/payq?sslmode=verify-full&sslpassword=secret",
+          "postgresql://u:***@db1:5432,db2:5432/payq?sslmode=verify-full&sslpassword=***" },
+        { "amqps://u:secret@h1/vh?password=secret,amqps://v:secret@h2",
+          "amqps://u:***@h1/vh?password=***,amqps://v:***@h2" },
+        /* "://" in a parameter does not start another URL. */
+        { "postgresql://u:secret@db/p?x=http://y", "postgresql://u:***@db/p?x=http://y" },
     };
     char out[256];
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -230,6 +248,46 @@ static void test_url_list(void **state)
     assert_string_equal(out, "untouched");
 }
 
+/* TLS settings go with amqps:// only: every address of a list is checked,
+ * a host[:port] entry with the first URL's scheme. */
+static void test_tls_check_list(void **state)
+{
+    (void)state;
+    char ca[] = "/tmp/payq-ca-XXXXXX";
+    int fd = mkstemp(ca);
+    assert_true(fd >= 0);
+    const char *pem = "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n";
+    assert_int_equal(write(fd, pem, strlen(pem)), (ssize_t)strlen(pem));
+    close(fd);
+    const struct mq_tls tls = { ca, NULL, NULL };
+    static const struct {
+        const char *url;
+        int rc;
+        const char *why;
+    } cases[] = {
+        { "amqps://u:secret@h1:5671/vh", PAYQ_OK, NULL },
+        { "amqps://u:secret@h1/vh,h2:5672, h3", PAYQ_OK, NULL },
+        { "amqps://u:secret@h1,amqps://v:secret@h2/vh", PAYQ_OK, NULL },
+        { "amqp://u:secret@h1", PAYQ_ERR_CONFIG, "is not amqps://" },
+        { "amqp://u:secret@h1,h2", PAYQ_ERR_CONFIG, "(address 1 of 2) is not amqps://" },
+        { "amqps://u:secret@h1,amqp://v:secret@h2", PAYQ_ERR_CONFIG,
+          "(address 2 of 2) is not amqps://" },
+        { "amqps://u:secret@h1,,h3", PAYQ_ERR_CONFIG, "address 2 of 3 is empty" },
+        { "", PAYQ_ERR_CONFIG, "is not amqps://" },
+    };
+    char err[512];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        err[0] = 0;
+        assert_int_equal(mq_tls_check(cases[i].url, &tls, err, sizeof err), cases[i].rc);
+        if (cases[i].why)
+            assert_non_null(strstr(err, cases[i].why));
+        assert_null(strstr(err, "secret"));
+    }
+    /* No TLS settings: anything goes. */
+    assert_int_equal(mq_tls_check("amqp://u:p@h1,amqps://v:q@h2", NULL, err, sizeof err), PAYQ_OK);
+    unlink(ca);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -238,6 +296,7 @@ int main(void)
         cmocka_unit_test(test_secret_from_file),
         cmocka_unit_test(test_redact),
         cmocka_unit_test(test_url_list),
+        cmocka_unit_test(test_tls_check_list),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
