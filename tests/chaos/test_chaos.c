@@ -1055,8 +1055,8 @@ static void test_chaos(void **state)
            " RabbitMQ restarted %d× (down %.1f s); PostgreSQL restarted %d× (down %.1f s) |\n",
            run.kills, NWORKERS, run.broker_restarts, run.broker_down_s, run.pg_restarts,
            run.pg_down_s);
-    printf("| worker recovery (logs) | %d reconnects to RabbitMQ, %d to PostgreSQL, %d circuit"
-           " openings |\n",
+    printf("| worker recovery (log lines) | %d \"reconnecting\" (broker), %d \"reconnected to"
+           " PostgreSQL\", %d \"circuit open\" |\n",
            log_count("reconnecting"), log_count("reconnected to PostgreSQL"),
            log_count("circuit open"));
     printf("| exactly one outcome | %d of %d commands, the model's, stored for every message_id"

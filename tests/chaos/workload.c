@@ -212,7 +212,7 @@ static void plan_payment(struct chaos_plan *p, uint64_t *rs, size_t i)
     } else if (strcmp(pm->status, "succeeded") == 0) {
         int nref = r < 35 ? 2 : r < 56 ? 1 : 0;
         for (int k = 0; k < nref; k++) {
-            char rid[PLAN_ID_LEN + 8];
+            char rid[PLAN_ID_LEN + 16];
             snprintf(rid, sizeof rid, "%s-r%d", pm->id, k);
             c = add_cmd(p, rs, K_REFUND, WAVE_FOLLOW, "payment.refund", rid);
             if (r < 35) { /* two partial refunds: each at most a third */
@@ -246,7 +246,7 @@ static void plan_payment(struct chaos_plan *p, uint64_t *rs, size_t i)
             c->want_code = "invalid_state";
         }
     } else if (r < 12) { /* a refund of a failed payment: refused */
-        char rid[PLAN_ID_LEN + 8];
+        char rid[PLAN_ID_LEN + 16];
         snprintf(rid, sizeof rid, "%s-r0", pm->id);
         c = add_cmd(p, rs, K_REFUND, WAVE_FOLLOW, "payment.refund", rid);
         snprintf(c->body, sizeof c->body, "{\"refund_id\":\"%s\",\"payment_id\":\"%s\"}", rid,
