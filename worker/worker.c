@@ -708,8 +708,9 @@ static void maintain(struct thread_ctx *t, long long *next)
     for (int i = 0; ids && i < n; i++)
         ids[i] = strdup(PQgetvalue(res, i, 0));
     PQclear(res);
-    for (int i = 0; ids && i < n && !stopping(t); i++) {
-        if (ids[i])
+    /* Every id is freed, also those left when a SIGTERM stops the loop. */
+    for (int i = 0; ids && i < n; i++) {
+        if (ids[i] && !stopping(t))
             resume_payment(t, ids[i]);
         free(ids[i]);
     }
