@@ -213,7 +213,7 @@ static void pub_drop(void)
 static bool pub_connect(void)
 {
     mq_t *mq;
-    if (mq_connect(getenv("AMQP_URL"), "payq chaos publisher", 30, &mq) != PAYQ_OK)
+    if (mq_connect(getenv("AMQP_URL"), NULL, "payq chaos publisher", 30, &mq) != PAYQ_OK)
         return false;
     if (mq_consume_direct_reply(mq) != PAYQ_OK) {
         mq_close(mq);
@@ -758,7 +758,7 @@ static void verify_events(char *line, size_t len)
 
     /* What reached the run's own queue bound to payq.events. */
     mq_t *mq;
-    assert_int_equal(mq_connect(getenv("AMQP_URL"), "payq chaos events", 30, &mq), PAYQ_OK);
+    assert_int_equal(mq_connect(getenv("AMQP_URL"), NULL, "payq chaos events", 30, &mq), PAYQ_OK);
     size_t cap = 1024, n = 0;
     char **seen = malloc(cap * sizeof *seen);
     assert_non_null(seen);
@@ -852,7 +852,7 @@ static void verify_dead_letters(char *line, size_t len)
 
     /* The queue: the run's copies, taken off; other tests' are left. */
     mq_t *mq;
-    assert_int_equal(mq_connect(getenv("AMQP_URL"), "payq chaos dlq", 30, &mq), PAYQ_OK);
+    assert_int_equal(mq_connect(getenv("AMQP_URL"), NULL, "payq chaos dlq", 30, &mq), PAYQ_OK);
     int copies = 0, unintended = 0;
     int *found = calloc(p->ncmds, sizeof *found);
     assert_non_null(found);
