@@ -53,8 +53,12 @@ static const struct cfg_opt options[] = {
     OPT("prefetch", "PAYQ_PREFETCH", CFG_INT, "32", 1, 65535, prefetch, "N",
         "unacked deliveries the broker may send each thread ahead (basic.qos)"),
     OPT("batch", "PAYQ_BATCH", CFG_INT, "16", 1, 1000, batch, "N",
-        "deliveries already received that are applied in one database transaction (one "
-        "commit, one confirm wait, one ack); never waits for a batch to fill"),
+        "deliveries applied in one database transaction (one commit, one confirm wait, one "
+        "ack), at most"),
+    OPT("batch-wait-ms", "PAYQ_BATCH_WAIT_MS", CFG_INT, "5", 0, 1000, batch_wait_ms, "MS",
+        "once a delivery is in hand, how long a thread waits for more to join its batch "
+        "(0 = only what has already arrived). A few ms cost that much latency on a quiet "
+        "queue and save a commit per delivery under load"),
     OPT("queue", "PAYQ_QUEUE", CFG_STR, "payq.commands", 0, 0, queue, "NAME",
         "work queue to consume"),
     OPT("max-attempts", "PAYQ_MAX_ATTEMPTS", CFG_INT, "8", 1, 1000, max_attempts, "N",

@@ -810,6 +810,13 @@ static int handle(struct thread_ctx *t, struct mq_delivery *d)
     return rc;
 }
 
+/* Milliseconds until `until` (metrics_now() time), rounded up; 0 once past. */
+static int wait_left_ms(double until)
+{
+    double left = until - metrics_now();
+    return left > 0 ? (int)(left * 1000.0) + 1 : 0;
+}
+
 /* True for a delivery that must take the careful path: a redelivery
  * (x-delivery-count set: maybe poison) goes alone. */
 static bool redelivered(const struct mq_delivery *d)
@@ -931,17 +938,19 @@ void *worker_thread(void *arg)
                 continue;
             if (rc == PAYQ_OK) {
                 t.taken_at = metrics_now();
-                /* Whatever else has already arrived joins the batch: no
-                 * waiting, so a quiet queue keeps its latency. A redelivery
-                 * (maybe poison) never joins a batch: it goes alone. */
+                /* What else arrives within --batch-wait-ms joins the batch:
+                 * under load a batch fills at once; on a quiet queue a
+                 * delivery waits at most that long. A redelivery (maybe
+                 * poison) never joins a batch: it goes alone. */
                 size_t n = 1;
                 struct mq_delivery *alone = NULL;
                 if (redelivered(batch[0])) {
                     alone = batch[0];
                     n = 0;
                 }
+                double fill_until = t.taken_at + (double)t.cfg->batch_wait_ms / 1000.0;
                 while (!alone && n < (size_t)t.cfg->batch &&
-                       mq_next(t.mq, 0, &batch[n]) == PAYQ_OK) {
+                       mq_next(t.mq, wait_left_ms(fill_until), &batch[n]) == PAYQ_OK) {
                     if (redelivered(batch[n]))
                         alone = batch[n];
                     else

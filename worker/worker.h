@@ -28,6 +28,7 @@ struct worker_config {
     long threads;
     long prefetch;
     long batch;                 /* deliveries applied per database transaction, at most */
+    long batch_wait_ms;         /* how long a batch may wait to fill once one is in hand */
     long heartbeat;
     long statement_timeout_ms;
     long max_attempts;
