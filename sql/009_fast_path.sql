@@ -109,7 +109,10 @@ BEGIN
                e.c->'body' AS b, e.c->'body'->>'payment_id' AS payment_id,
                (e.c->'body'->>'amount')::bigint AS amount, e.c->'body'->>'currency' AS currency,
                e.c->'body'->>'source' AS source, e.c->'body'->>'destination' AS destination,
-               sha256(convert_to('payment.create ' || (e.c->'body')::text, 'UTF8')) AS h
+               sha256(convert_to('payment.create ' || (e.c->'body')::text, 'UTF8')) AS h,
+               count(*) OVER (PARTITION BY e.c->'body'->>'payment_id') AS same_payment,
+               count(*) OVER (PARTITION BY COALESCE(e.c->>'scope', ''), e.c->>'message_id')
+                   AS same_message
           FROM jsonb_array_elements(p_commands) WITH ORDINALITY AS e(c, ord)
          WHERE e.c->>'command' = 'payment.create'
            AND NOT starts_with(e.c->'body'->>'source', 'tok_')
@@ -118,10 +121,8 @@ BEGIN
     -- New payments only: no twin in the batch, nothing stored under either key.
     fresh AS (
         SELECT c.* FROM cmd c
-         WHERE (SELECT count(*) FROM cmd d WHERE d.payment_id = c.payment_id) = 1
-           AND (c.message_id IS NULL OR
-                (SELECT count(*) FROM cmd d
-                  WHERE d.scope = c.scope AND d.message_id = c.message_id) = 1)
+         WHERE c.same_payment = 1
+           AND (c.message_id IS NULL OR c.same_message = 1)
            AND NOT EXISTS (SELECT 1 FROM payq.payments p WHERE p.payment_id = c.payment_id)
            AND (c.message_id IS NULL OR
                 NOT EXISTS (SELECT 1 FROM payq.inbox i
