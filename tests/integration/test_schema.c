@@ -102,6 +102,71 @@ static void test_no_overdraft(void **state)
     assert_int_equal(h_balance(c), 100);
 }
 
+/* One statement that posts to many wallets at once (what a batch of payments
+ * does), after small statements have run in the same session (the trigger's
+ * plans are cached then): every wallet gets its own amount; an entry for an
+ * unknown account or in another currency than its account's fails the whole
+ * statement and changes nothing. */
+static void test_ledger_statement_many_wallets(void **state)
+{
+    (void)state;
+    const char *c = h_id("m-cust"), *m = h_id("m-merch");
+    make_accounts(c, m);
+    for (int i = 0; i < 8; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "small-%d", i);
+        const char *ref = h_id(name);
+        const char *q[3] = { ref, c, m };
+        assert_string_equal(h_exec("SELECT payq.post('payment', $1, 'USD', ARRAY[$2, $3],"
+                                   " ARRAY[-1, 1]::bigint[])",
+                                   3, q),
+                            "");
+    }
+    assert_int_equal(h_balance(c), 92);
+
+    const char *w = h_id("many");
+    const char *pw[1] = { w };
+    assert_string_equal(h_exec("SELECT payq.ensure_system_accounts('EUR')", 0, NULL), "");
+    assert_string_equal(h_exec("INSERT INTO payq.accounts (id, currency, kind)"
+                               " SELECT $1 || '-w' || g, 'USD', 'customer'"
+                               "   FROM generate_series(1, 150) g",
+                               1, pw),
+                        "");
+    /* Wallet g gets g; the external account gives 1 + ... + 150 = 11325. */
+    static const char post_sql[] =
+        "WITH po AS (INSERT INTO payq.postings (kind, ref) VALUES ('deposit', $1 || $2)"
+        "            RETURNING id)"
+        " INSERT INTO payq.ledger_entries (posting_id, account_id, currency, amount)"
+        " SELECT po.id, v.a, v.cur, v.m FROM po,"
+        "  (SELECT $1 || '-w' || g AS a, 'USD' AS cur, g::bigint AS m"
+        "     FROM generate_series(1, 150) g"
+        "   UNION ALL SELECT '@external:USD', 'USD', -11325"
+        "   UNION ALL SELECT $3, $4, -1"
+        "   UNION ALL SELECT '@external:' || $4, $4, 1) v";
+    /* An account that does not exist: 23503, nothing posted. */
+    const char *bad1[4] = { w, "-a", "nobody-at-all", "EUR" };
+    assert_string_equal(h_exec(post_sql, 4, bad1), "23503");
+    /* A USD wallet with an EUR entry: 23503, nothing posted. */
+    const char *bad2[4] = { w, "-b", c, "EUR" };
+    assert_string_equal(h_exec(post_sql, 4, bad2), "23503");
+    assert_int_equal(h_int("SELECT COALESCE(sum(posted), 0) FROM payq.accounts"
+                           " WHERE starts_with(id, $1 || '-w')",
+                           1, pw),
+                     0);
+    assert_int_equal(h_balance(c), 92);
+    /* With a valid last pair (the customer pays 1 back to USD's external
+     * account) the statement posts. */
+    const char *good[4] = { w, "-c", c, "USD" };
+    assert_string_equal(h_exec(post_sql, 4, good), "");
+    assert_int_equal(h_int("SELECT sum(posted) FROM payq.accounts WHERE starts_with(id, $1 || '-w')",
+                           1, pw),
+                     11325);
+    char w77[96];
+    snprintf(w77, sizeof w77, "%s-w77", w);
+    assert_int_equal(h_balance(w77), 77);
+    assert_int_equal(h_balance(c), 91);
+}
+
 static void test_balances_only_through_ledger(void **state)
 {
     (void)state;
@@ -198,6 +263,7 @@ int main(void)
         cmocka_unit_test(test_migrate_idempotent_and_tamper_evident),
         cmocka_unit_test(test_postings_must_balance),
         cmocka_unit_test(test_no_overdraft),
+        cmocka_unit_test(test_ledger_statement_many_wallets),
         cmocka_unit_test(test_balances_only_through_ledger),
         cmocka_unit_test(test_append_only),
         cmocka_unit_test(test_inbox_pruning),
