@@ -38,6 +38,7 @@ struct bench_config {
     const char *worker;
     const char *worker_log_level;
     const char *log_dir;
+    const char *latency_log;
     int no_check;
     int smoke;
     int quiet;

@@ -122,6 +122,10 @@ static const struct cfg_opt options[] = {
     OPT("log-dir", "PAYQ_BENCH_LOG_DIR", CFG_STR, NULL, 0, 0, log_dir, "DIR",
         "where spawned workers log (payq-bench-<run id>-worker<k>.log, deleted after a run "
         "that passed; default $TMPDIR or /tmp)"),
+    OPT("latency-log", "PAYQ_BENCH_LATENCY_LOG", CFG_STR, NULL, 0, 0, latency_log, "FILE",
+        "write every measured command's latency to FILE as CSV: index, due time in ms from "
+        "the start of the measured phase (with --rate; empty as fast as possible), latency in "
+        "ms (empty: no reply). A timeline of when the slow ones happened"),
     OPT("no-check", "PAYQ_BENCH_NO_CHECK", CFG_BOOL, NULL, 0, 0, no_check, NULL,
         "skip `payq-worker check` (it checks the whole database, which takes longer as it "
         "grows); the run's own checks still run"),
@@ -203,6 +207,31 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* --latency-log: one CSV line per measured command. A failure to write is
+ * reported and does not fail the run. */
+static void write_latency_log(const char *path, const struct load_result *m, long rate)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "payq-bench: cannot write --latency-log %s: %s\n", path, strerror(errno));
+        return;
+    }
+    fputs("index,due_ms,latency_ms\n", f);
+    for (uint64_t i = 0; i < m->sent; i++) {
+        fprintf(f, "%" PRIu64 ",", i);
+        if (rate > 0)
+            fprintf(f, "%.3f", (double)i * 1000.0 / (double)rate);
+        fputc(',', f);
+        if (m->nrep[i])
+            fprintf(f, "%.3f", m->lat_us[i] / 1000.0);
+        fputc('\n', f);
+    }
+    if (fclose(f) != 0)
+        fprintf(stderr, "payq-bench: writing --latency-log %s: %s\n", path, strerror(errno));
+    else
+        fprintf(stderr, "payq-bench: latencies written to %s\n", path);
 }
 
 static double self_cpu_s(void)
@@ -577,6 +606,8 @@ static int measure(struct run *run, struct report *rep)
         return PAYQ_ERR_INTERRUPTED;
     }
     rep->m = &run->m;
+    if (cfg->latency_log && *cfg->latency_log)
+        write_latency_log(cfg->latency_log, &run->m, cfg->rate);
     rep->throughput = run->m.elapsed_s > 0 ? (double)run->m.replied / run->m.elapsed_s : 0;
     if (stats_latency(run->m.lat_us, run->m.nrep, run->m.sent, &rep->lat) != PAYQ_OK) {
         fprintf(stderr, "payq-bench: out of memory\n");

@@ -245,7 +245,7 @@ int dlq_resolve_ids(struct dlq *t, char **args, int n, struct dlq_filter *f)
             return DLQ_EXIT_USAGE;
         }
         const char *p[1] = { args[i] };
-        PGresult *r;
+        PGresult *r = NULL;
         if (dlq_query(t,
                       "SELECT id::text FROM payq.dead_letters"
                       " WHERE id::text LIKE $1::text || '%' ORDER BY id LIMIT 3",
