@@ -273,6 +273,7 @@ static void print_result(const struct report *r, FILE *out)
     }
     json_object_set_new(o, "outcomes", outcomes);
     json_object_set_new(o, "setup_s", num(r->setup_s));
+    json_object_set_new(o, "settle_s", num(r->settle_s));
     json_object_set_new(o, "elapsed_s", num(m->elapsed_s));
     json_object_set_new(o, "publish_s", num(m->publish_s));
     json_object_set_new(o, "send_lag_max_ms", num(m->lag_max_ms));
@@ -346,9 +347,15 @@ void report_print(const struct report *r, FILE *out)
     fprintf(out, "\npayq-bench run %s: %ld wallets, %ld merchants, %s\n\n", r->prefix,
             r->cfg->wallets, r->cfg->merchants, BENCH_CURRENCY);
     print_config(r, out);
-    fprintf(out, "\nSetup               %" PRIu64 " commands in %.2f s (%.0f/s)\n\n",
+    fprintf(out, "\nSetup               %" PRIu64 " commands in %.2f s (%.0f/s)\n",
             r->setup_commands, r->setup_s,
             r->setup_s > 0 ? (double)r->setup_commands / r->setup_s : 0.0);
+    if (r->settle_s >= 0)
+        fprintf(out, "                    then VACUUM (ANALYZE) of the tables it wrote: %.2f s\n\n",
+                r->settle_s);
+    else
+        fprintf(out, "                    then VACUUM (ANALYZE) of the tables it wrote: failed "
+                     "(see stderr)\n\n");
     print_measured(r, out);
     fprintf(out, "\n");
     print_checks(r, out);

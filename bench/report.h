@@ -33,6 +33,7 @@ struct report {
     uint32_t backlog;                /* messages waiting in the queue before the run */
 
     double setup_s;
+    double settle_s; /* VACUUM (ANALYZE) of what setup wrote; < 0: it failed */
     uint64_t setup_commands;
     const struct load_result *m; /* the measured phase */
     struct stats_latency lat;
