@@ -13,11 +13,6 @@
 -- 2. The trigger plans for any size of statement the same way (index scans
 --    over id lists), so a plan cached while statements were small (a deposit
 --    posts two entries) stays right for a batch of a hundred payments.
---
--- 3. payq.apply_batch() locks the batch's wallets FOR NO KEY UPDATE instead
---    of FOR UPDATE: the balance update it prepares for is not a key change,
---    and the weaker lock does not block other transactions' key-share locks
---    (holds reference their wallet).
 
 CREATE OR REPLACE FUNCTION payq.ledger_entries_apply() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -69,42 +64,4 @@ BEGIN
        SET posted = a.posted + (totals->>a.id)::bigint, updated_at = now()
      WHERE a.id = ANY(ids) AND a.kind = 'customer';
     RETURN NULL;
-END $$;
-
--- As in 009, with the weaker lock (see 3. above).
-CREATE OR REPLACE FUNCTION payq.apply_batch(p_commands jsonb) RETURNS jsonb
-LANGUAGE plpgsql AS $$
-DECLARE
-    c jsonb;
-    r jsonb;
-    i integer := 0;
-    fast jsonb;
-    results jsonb[] := '{}';
-    ids text[];
-BEGIN
-    SELECT array_agg(DISTINCT x ORDER BY x) INTO ids
-      FROM jsonb_array_elements(p_commands) AS e(cmd),
-           LATERAL (VALUES (cmd->'body'->>'account'), (cmd->'body'->>'source'),
-                           (cmd->'body'->>'destination')) AS v(x)
-     WHERE x IS NOT NULL AND NOT starts_with(x, 'tok_');
-    PERFORM 1 FROM payq.accounts WHERE id = ANY(ids) AND kind = 'customer' ORDER BY id
-        FOR NO KEY UPDATE;
-
-    fast := payq.apply_wallet_payments(p_commands);
-
-    FOR c IN SELECT value FROM jsonb_array_elements(p_commands) LOOP
-        i := i + 1;
-        r := fast->(i::text);
-        IF r IS NULL THEN
-            BEGIN
-                r := payq.apply_command(NULLIF(c->>'scope', ''), c->>'message_id',
-                                        c->>'command', c->'body', c->>'correlation_id');
-            EXCEPTION WHEN OTHERS THEN
-                r := jsonb_build_object('error', jsonb_build_object('sqlstate', SQLSTATE,
-                                                                    'message', SQLERRM));
-            END;
-        END IF;
-        results := array_append(results, r);
-    END LOOP;
-    RETURN to_jsonb(results);
 END $$;
