@@ -197,6 +197,58 @@ static void test_append_only(void **state)
     assert_int_equal(h_balance(c), 100);
 }
 
+/* References are checked once per statement (sql/011): an entry of an unknown
+ * posting and an event of an unknown payment fail with 23503 and leave
+ * nothing; accounts and payments refuse DELETE and TRUNCATE, so nothing a
+ * ledger entry or an event refers to can go away. */
+static void test_references_per_statement(void **state)
+{
+    (void)state;
+    const char *c = h_id("r-cust"), *m = h_id("r-merch");
+    make_accounts(c, m);
+    const char *p[2] = { c, m };
+    /* One good posting and one id that no posting has, in one statement. */
+    assert_string_equal(h_exec("WITH po AS (INSERT INTO payq.postings (kind, ref)"
+                               "            VALUES ('payment', $1 || '-ref') RETURNING id)"
+                               " INSERT INTO payq.ledger_entries (posting_id, account_id,"
+                               "                                  currency, amount)"
+                               " SELECT v.pid, v.a, 'USD', v.amt FROM po, LATERAL (VALUES"
+                               "   (po.id, $1, -5::bigint), (po.id, $2, 5::bigint),"
+                               "   (-po.id, $1, -5::bigint), (-po.id, $2, 5::bigint))"
+                               "   AS v(pid, a, amt)",
+                               2, p),
+                        "23503");
+    assert_int_equal(h_int("SELECT count(*) FROM payq.postings WHERE ref = $1 || '-ref'", 1, p),
+                     0);
+    assert_int_equal(h_balance(c), 100);
+    /* The same posting with entries of its own: accepted. */
+    assert_string_equal(h_exec("WITH po AS (INSERT INTO payq.postings (kind, ref)"
+                               "            VALUES ('payment', $1 || '-ref') RETURNING id)"
+                               " INSERT INTO payq.ledger_entries (posting_id, account_id,"
+                               "                                  currency, amount)"
+                               " SELECT po.id, v.a, 'USD', v.amt FROM po, LATERAL (VALUES"
+                               "   ($1, -5::bigint), ($2, 5::bigint)) AS v(a, amt)",
+                               2, p),
+                        "");
+    assert_int_equal(h_balance(c), 95);
+
+    const char *e[1] = { h_id("r-no-such-payment") };
+    assert_string_equal(h_exec("INSERT INTO payq.payment_events (payment_id, version, event_id,"
+                               "                                 type, data)"
+                               " VALUES ($1, 1, gen_random_uuid(), 'payment.created', '{}')",
+                               1, e),
+                        "23503");
+    assert_int_equal(h_int("SELECT count(*) FROM payq.payment_events WHERE payment_id = $1", 1, e),
+                     0);
+
+    assert_string_equal(h_exec("DELETE FROM payq.accounts WHERE id = $1", 1, p), "42501");
+    assert_string_equal(h_exec("DELETE FROM payq.accounts WHERE false", 0, NULL), "42501");
+    assert_string_equal(h_exec("TRUNCATE payq.accounts CASCADE", 0, NULL), "42501");
+    assert_string_equal(h_exec("DELETE FROM payq.payments WHERE false", 0, NULL), "42501");
+    assert_string_equal(h_exec("TRUNCATE payq.payments CASCADE", 0, NULL), "42501");
+    assert_int_equal(h_int("SELECT count(*) FROM payq.accounts WHERE id IN ($1, $2)", 2, p), 2);
+}
+
 /* Old message keys of finished commands are pruned; those of commands whose
  * saga is still in flight (reply NULL) are kept whatever their age. */
 static void test_inbox_pruning(void **state)
@@ -266,6 +318,7 @@ int main(void)
         cmocka_unit_test(test_ledger_statement_many_wallets),
         cmocka_unit_test(test_balances_only_through_ledger),
         cmocka_unit_test(test_append_only),
+        cmocka_unit_test(test_references_per_statement),
         cmocka_unit_test(test_inbox_pruning),
         cmocka_unit_test(test_fee_rule_matches_c),
     };
