@@ -768,6 +768,7 @@ int main(int argc, char **argv)
     if (connect_mq(&run) != PAYQ_OK)
         goto out;
 
+    rep.ref_before_ms = stats_machine_ref_ms();
     double t = now_s();
     if (!setup_phase(run.mq, cfg, run.prefix, "account.open", 'o',
                      (uint64_t)(cfg->wallets + cfg->merchants), workload_open, &run.w) ||
@@ -780,6 +781,7 @@ int main(int argc, char **argv)
 
     if (measure(&run, &rep) != PAYQ_OK)
         goto out;
+    rep.ref_after_ms = stats_machine_ref_ms();
     verify(&run, &rep);
     report_print(&rep, stdout);
     rc = report_ok(&rep) ? EXIT_PASSED : EXIT_CHECK_FAILED;

@@ -57,15 +57,16 @@ run() {
     local all
     all=$(printf '%s\n' "${results[@]}")
     col() { jq -r "$1 // empty" <<<"$all" | median; }
-    local tp p50 p99 cpu pg rmq rss ok runs
+    local tp p50 p99 cpu pg rmq rss ok runs ref
     tp=$(col .throughput); p50=$(col .p50_ms); p99=$(col .p99_ms)
     cpu=$(col .cpu_us_per_payment); pg=$(col .database_cpu_pct); rmq=$(col .broker_cpu_pct)
     rss=$(col .worker_rss_peak_mib)
+    ref=$(col '(.machine_ref_before_ms + .machine_ref_after_ms) / 2')
     runs=$(jq -r '.throughput // "failed" | if type == "number" then (. | floor | tostring) else . end' <<<"$all" | paste -sd ' ')
     ok=$(jq -r '.ok' <<<"$all" | sort -u | paste -sd ' ')
     [[ $ok == true ]] && ok=yes || ok="NO ($ok)"
-    rows+=("$(printf '| %s | %.0f | %s | %.1f / %.1f | %.0f | %.0f / %.0f | %.1f | %s |' \
-        "$label" "$tp" "$runs" "$p50" "$p99" "$cpu" "$pg" "$rmq" "$rss" "$ok")")
+    rows+=("$(printf '| %s | %.0f | %s | %.1f / %.1f | %.0f | %.0f / %.0f | %.1f | %.0f | %s |' \
+        "$label" "$tp" "$runs" "$p50" "$p99" "$cpu" "$pg" "$rmq" "$rss" "$ref" "$ok")")
 }
 
 CAP=(--wallets 10000 --merchants 100 --duration 60 --rate 0)
@@ -100,8 +101,9 @@ capacity | latency) ;;
 esac
 
 echo
-echo "| configuration | payments/s (median) | runs | latency p50 / p99 ms | CPU per payment (us) | PostgreSQL / RabbitMQ, % of a core | worker peak RSS MiB | checks passed |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "| configuration | payments/s (median) | runs | latency p50 / p99 ms | CPU per payment (us) | PostgreSQL / RabbitMQ, % of a core | worker peak RSS MiB | machine ref ms | checks passed |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 printf '%s\n' "${rows[@]}"
 echo
-echo "(the runs column lists every run's throughput; every RESULT line in $LOG)"
+echo "(the runs column lists every run's throughput; machine ref: payq-bench's reference loop, about"
+echo " 210 ms on a quiet machine, higher when the machine was slow; every RESULT line in $LOG)"

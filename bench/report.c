@@ -188,6 +188,10 @@ static void print_measured(const struct report *r, FILE *out)
                 "  host              %.0f%% of its %ld cores busy (everything running on it, "
                 "not only payq)\n",
                 r->host_busy, r->host_cores);
+    fprintf(out,
+            "  machine speed     reference loop %.0f ms before setup, %.0f ms after the run "
+            "(about 210 on a quiet machine; higher = a slower machine then)\n",
+            r->ref_before_ms, r->ref_after_ms);
 }
 
 static void print_checks(const struct report *r, FILE *out)
@@ -298,6 +302,8 @@ static void print_result(const struct report *r, FILE *out)
     json_object_set_new(o, "host_cpu_pct", num(r->host_busy));
     json_object_set_new(o, "broker_cpu_pct", num(r->broker_cpu));
     json_object_set_new(o, "database_cpu_pct", num(r->database_cpu));
+    json_object_set_new(o, "machine_ref_before_ms", num(r->ref_before_ms));
+    json_object_set_new(o, "machine_ref_after_ms", num(r->ref_after_ms));
     json_object_set_new(o, "cpu_us_per_payment", num(cpu_us_per_payment(r)));
     json_object_set_new(o, "worker_rss_peak_mib",
                         r->worker_rss_mib > 0 ? num(r->worker_rss_mib) : json_null());

@@ -42,6 +42,7 @@ struct report {
     double broker_cpu, database_cpu; /* beam.smp and postgres on this host, percent of a core */
     long host_cores;
     double worker_rss_mib; /* the largest peak RSS (VmHWM) of the spawned workers; 0 unknown */
+    double ref_before_ms, ref_after_ms; /* stats_machine_ref_ms() before setup, after the run */
 
     /* Checks. */
     enum report_verdict replies, conserved, overdraft, agree, checker, workers;

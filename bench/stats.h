@@ -44,4 +44,13 @@ struct stats_latency {
 int stats_latency(const uint32_t *lat_us, const uint8_t *has, uint64_t n,
                   struct stats_latency *out) PAYQ_MUSTCHECK;
 
+/*
+ * The machine's speed right now: milliseconds of wall time a fixed piece of
+ * integer arithmetic takes on one core (about 210 ms on a quiet machine of
+ * the kind the README's figures come from). Shared machines slow down by half
+ * and more for minutes at a time; a run whose reference is high ran on a slow
+ * machine, and its figures say so rather than about payq.
+ */
+double stats_machine_ref_ms(void);
+
 #endif
