@@ -354,8 +354,8 @@ void apply_delivery(db_t *db, const struct mq_delivery *d, const struct apply_op
 
 /* One call of payq.apply_batch(): the first phase of every command, in one
  * transaction. *results gets a JSON array, one entry per command. */
-static int call_batch(db_t *db, struct prepared *pcs, const size_t *idx, size_t n,
-                      json_t **results)
+static int call_batch(db_t *db, struct prepared *pcs, const size_t *idx, const bool *wait,
+                      size_t n, json_t **results)
 {
     json_t *arr = json_array();
     for (size_t i = 0; arr && i < n; i++) {
@@ -368,6 +368,8 @@ static int call_batch(db_t *db, struct prepared *pcs, const size_t *idx, size_t 
         json_object_set(c, "body", pc->cmd.body);
         if (pc->corr[0])
             json_object_set_new(c, "correlation_id", json_string(pc->corr));
+        if (wait && wait[idx[i]])
+            json_object_set_new(c, "wait", json_true());
         json_array_append_new(arr, c);
     }
     char *text = arr ? json_dumps(arr, JSON_COMPACT) : NULL;
@@ -376,7 +378,7 @@ static int call_batch(db_t *db, struct prepared *pcs, const size_t *idx, size_t 
         return PAYQ_ERR_NOMEM;
     const char *params[1] = { text };
     double t0 = metrics_now();
-    PGresult *res = PQexecParams(db_conn(db), "SELECT payq.apply_batch($1::jsonb)::text", 1,
+    PGresult *res = PQexecParams(db_conn(db), "SELECT payq.apply_batch($1::jsonb, true)::text", 1,
                                  NULL, params, NULL, NULL, 0);
     metrics_db_tx(metrics_now() - t0);
     free(text);
@@ -393,7 +395,7 @@ static int call_batch(db_t *db, struct prepared *pcs, const size_t *idx, size_t 
     return PAYQ_OK;
 }
 
-void apply_batch(db_t *db, struct mq_delivery *const *ds, size_t n,
+void apply_batch(db_t *db, struct mq_delivery *const *ds, const bool *wait, size_t n,
                  const struct apply_opts *opts, struct outcome *outs)
 {
     struct prepared *pcs = calloc(n, sizeof *pcs);
@@ -412,7 +414,7 @@ void apply_batch(db_t *db, struct mq_delivery *const *ds, size_t n,
             idx[m++] = i;
 
     json_t *results = NULL;
-    int rc = m > 0 ? call_batch(db, pcs, idx, m, &results) : PAYQ_OK;
+    int rc = m > 0 ? call_batch(db, pcs, idx, wait, m, &results) : PAYQ_OK;
     if (rc != PAYQ_OK && db_ok(db))
         log_warn("a batch of %zu failed as a whole (%s: %s); applying its commands one by one",
                  m, rc == PAYQ_ERR_DB ? db_sqlstate(db) : payq_strerror(rc),
@@ -428,6 +430,11 @@ void apply_batch(db_t *db, struct mq_delivery *const *ds, size_t n,
             continue;
         }
         json_t *r = json_array_get(results, k);
+        if (json_is_true(json_object_get(r, "busy"))) {
+            /* Nothing was applied; the caller hands it to its next batch. */
+            outs[i].kind = OUTCOME_BUSY;
+            continue;
+        }
         json_t *err = json_object_get(r, "error");
         if (err) {
             /* This command's subtransaction failed (its neighbours are

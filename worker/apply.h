@@ -20,7 +20,9 @@ enum outcome_kind {
     OUTCOME_DONE,        /* applied or refused by the business: reply, ack */
     OUTCOME_DEAD_LETTER, /* can never be applied as sent: DLQ, reply, ack */
     OUTCOME_RETRY,       /* transient trouble: a delayed retry, ack */
-    OUTCOME_DB_LOST      /* the database connection is gone: reconnect, then apply again */
+    OUTCOME_DB_LOST,     /* the database connection is gone: reconnect, then apply again */
+    OUTCOME_BUSY         /* not applied: a wallet it names is held by another batch; the
+                            worker hands it to its next batch (apply_batch only) */
 };
 
 struct outcome {
@@ -61,8 +63,13 @@ void apply_delivery(db_t *db, const struct mq_delivery *d, const struct apply_op
  * failing command never fails its neighbours); commands that need the
  * provider, or whose entry failed, go on alone. outs[i] is the outcome of
  * ds[i]; each is cleared by the caller with outcome_clear.
+ *
+ * A command whose wallet another transaction holds is not applied
+ * (OUTCOME_BUSY) unless wait[i] is true: then it waits for the wallet. wait
+ * may be NULL (no command waits). A command is passed over at most once if
+ * the caller sets wait[i] when it hands a busy one to its next batch.
  */
-void apply_batch(db_t *db, struct mq_delivery *const *ds, size_t n,
+void apply_batch(db_t *db, struct mq_delivery *const *ds, const bool *wait, size_t n,
                  const struct apply_opts *opts, struct outcome *outs);
 
 #endif

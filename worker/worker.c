@@ -432,6 +432,8 @@ static int publish_outcome(struct thread_ctx *t, const struct mq_delivery *d, st
         break;
     case OUTCOME_DB_LOST:
         return PAYQ_ERR_DB;
+    case OUTCOME_BUSY: /* never settled: handle_batch hands it to the next batch */
+        return PAYQ_ERR_INVALID;
     }
     return rc;
 }
@@ -450,6 +452,7 @@ static void log_outcome(const struct outcome *o, struct settled *s)
                 o->error);
         break;
     case OUTCOME_DB_LOST:
+    case OUTCOME_BUSY:
         break;
     }
 }
@@ -468,7 +471,8 @@ static const char *outcome_name(const struct outcome *o)
                    ? "dead_lettered"
                    : "rejected";
     case OUTCOME_RETRY: return "retried";
-    case OUTCOME_DB_LOST: break;
+    case OUTCOME_DB_LOST:
+    case OUTCOME_BUSY: break;
     }
     return "other";
 }
@@ -483,21 +487,22 @@ static void count_outcome(const struct outcome *o, const struct settled *s, doub
 }
 
 /*
- * Publishes the outcomes of n deliveries, waits once for the broker's
- * confirms, then acks them all (one ack with `multiple` when they are a run
- * of consecutive deliveries). Any failure leaves them unacked: the
- * connection is dropped and the broker redelivers them, which the
- * idempotency keys make harmless.
+ * Publishes the outcomes of n deliveries (in delivery order), waits once for
+ * the broker's confirms, then acks them. Those with skip[i] set (skip may be
+ * NULL) are left alone: the thread still holds them. Any failure leaves them
+ * unacked: the connection is dropped and the broker redelivers them, which
+ * the idempotency keys make harmless.
  */
 static int settle_all(struct thread_ctx *t, struct mq_delivery *const *ds, struct outcome *os,
-                      size_t n)
+                      const bool *skip, size_t n)
 {
     struct settled stack_s[1], *s = n == 1 ? stack_s : calloc(n, sizeof *s);
     if (!s)
         return PAYQ_ERR_NOMEM;
     int rc = PAYQ_OK;
     for (size_t i = 0; i < n && rc == PAYQ_OK; i++)
-        rc = publish_outcome(t, ds[i], &os[i], &s[i]);
+        if (!(skip && skip[i]))
+            rc = publish_outcome(t, ds[i], &os[i], &s[i]);
     if (rc == PAYQ_OK)
         rc = mq_wait_confirms(t->mq, mq_last_seq(t->mq), CONFIRM_TIMEOUT_MS);
     if (rc != PAYQ_OK) {
@@ -507,13 +512,28 @@ static int settle_all(struct thread_ctx *t, struct mq_delivery *const *ds, struc
     }
     fault_hit(&t->shared->fault, "before_ack");
     /* Deliveries arrive in tag order and everything before them is settled,
-     * so one ack with `multiple` covers a batch. */
-    uint64_t last = ds[n - 1]->tag;
-    rc = mq_ack(t->mq, ds[n - 1]->channel, last, n > 1);
-    if (rc != PAYQ_OK)
+     * so one ack with `multiple` covers the batch up to the first delivery
+     * held back; those after it are acked one by one. */
+    uint64_t held_from = UINT64_MAX, run_end = 0;
+    size_t in_run = 0;
+    for (size_t i = 0; i < n; i++)
+        if (skip && skip[i] && ds[i]->tag < held_from)
+            held_from = ds[i]->tag;
+    for (size_t i = 0; i < n; i++)
+        if (!(skip && skip[i]) && ds[i]->tag < held_from) {
+            run_end = ds[i]->tag > run_end ? ds[i]->tag : run_end;
+            in_run++;
+        }
+    if (in_run > 0 && (rc = mq_ack(t->mq, ds[0]->channel, run_end, in_run > 1)) != PAYQ_OK)
         goto out;
+    for (size_t i = 0; i < n; i++)
+        if (!(skip && skip[i]) && ds[i]->tag > held_from &&
+            (rc = mq_ack(t->mq, ds[i]->channel, ds[i]->tag, false)) != PAYQ_OK)
+            goto out;
     double took = metrics_now() - t->taken_at;
     for (size_t i = 0; i < n; i++) {
+        if (skip && skip[i])
+            continue;
         log_outcome(&os[i], &s[i]);
         count_outcome(&os[i], &s[i], took);
     }
@@ -525,7 +545,7 @@ out:
 
 static int settle(struct thread_ctx *t, struct mq_delivery *d, struct outcome *o)
 {
-    return settle_all(t, &d, o, 1);
+    return settle_all(t, &d, o, NULL, 1);
 }
 
 static void db_drop(struct thread_ctx *t)
@@ -829,10 +849,14 @@ static bool redelivered(const struct mq_delivery *d)
  * Handles a batch of deliveries: their first phases in one database
  * transaction, their outcomes published together and acked with one ack.
  * Commands that hit a failing dependency take the one-by-one path, where the
- * circuit breaker probes.
+ * circuit breaker probes. A command whose wallet another batch holds is
+ * neither applied nor acked: busy[i] says so, and the caller puts it in its
+ * next batch with wait[i] set (it then waits for the wallet).
  */
-static int handle_batch(struct thread_ctx *t, struct mq_delivery **ds, size_t n)
+static int handle_batch(struct thread_ctx *t, struct mq_delivery **ds, const bool *wait, size_t n,
+                        bool *busy)
 {
+    memset(busy, 0, n * sizeof *busy);
     if (n == 1)
         return handle(t, ds[0]);
     struct outcome *os = calloc(n, sizeof *os);
@@ -842,7 +866,7 @@ static int handle_batch(struct thread_ctx *t, struct mq_delivery **ds, size_t n)
     int rc = PAYQ_OK;
     for (;;) {
         opts.provider = t->provider;
-        apply_batch(t->db, ds, n, &opts, os);
+        apply_batch(t->db, ds, wait, n, &opts, os);
         bool lost = false;
         for (size_t i = 0; i < n; i++)
             lost |= os[i].kind == OUTCOME_DB_LOST;
@@ -856,18 +880,22 @@ static int handle_batch(struct thread_ctx *t, struct mq_delivery **ds, size_t n)
     /* A dependency failure inside the batch: settle the others, and give
      * each failed one the careful path (probing, circuit). */
     size_t ok = 0;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
+        busy[i] = os[i].kind == OUTCOME_BUSY;
         if (!(os[i].kind == OUTCOME_RETRY && os[i].dependency))
             ok++;
+    }
     if (ok == n) {
         if (t->circuit_open)
             log_info("circuit closed: the dependency answers again");
         set_circuit(t, false);
         t->failures_in_a_row = 0;
-        rc = settle_all(t, ds, os, n);
+        rc = settle_all(t, ds, os, busy, n);
         goto out;
     }
     for (size_t i = 0; i < n && rc == PAYQ_OK; i++) {
+        if (busy[i])
+            continue;
         if (os[i].kind == OUTCOME_RETRY && os[i].dependency)
             rc = handle(t, ds[i]); /* applies it again: idempotent */
         else
@@ -930,44 +958,63 @@ void *worker_thread(void *arg)
                  mq_peer(t.mq), t.cfg->prefetch);
         long long next_maintenance = 0;
         double next_db_watch = 0;
-        struct mq_delivery **batch = calloc((size_t)t.cfg->batch, sizeof *batch);
-        while (batch && !stopping(&t)) {
+        size_t cap = (size_t)t.cfg->batch;
+        struct mq_delivery **batch = calloc(cap, sizeof *batch);
+        bool *wait = calloc(cap, sizeof *wait), *busy = calloc(cap, sizeof *busy);
+        size_t carried = 0; /* batch[0..carried): busy last time, held, not acked */
+        while (batch && wait && busy && !stopping(&t)) {
             maintain(&t, &next_maintenance);
-            int rc = mq_next(t.mq, 1000, &batch[0]);
-            if (rc == PAYQ_ERR_TIMEOUT && (rc = watch_db(&t, &next_db_watch)) == PAYQ_OK)
-                continue;
+            int rc = PAYQ_OK;
+            if (carried == 0) {
+                rc = mq_next(t.mq, 1000, &batch[0]);
+                if (rc == PAYQ_ERR_TIMEOUT && (rc = watch_db(&t, &next_db_watch)) == PAYQ_OK)
+                    continue;
+            }
             if (rc == PAYQ_OK) {
                 t.taken_at = metrics_now();
                 /* What else arrives within --batch-wait-ms joins the batch:
                  * under load a batch fills at once; on a quiet queue a
                  * delivery waits at most that long. A redelivery (maybe
-                 * poison) never joins a batch: it goes alone. */
-                size_t n = 1;
+                 * poison) never joins a batch: it goes alone. Commands
+                 * carried from the last batch come first and wait for
+                 * their wallets this time. */
+                size_t n = carried ? carried : 1;
+                for (size_t i = 0; i < n; i++)
+                    wait[i] = carried > 0;
                 struct mq_delivery *alone = NULL;
-                if (redelivered(batch[0])) {
+                if (!carried && redelivered(batch[0])) {
                     alone = batch[0];
                     n = 0;
                 }
                 double fill_until = t.taken_at + (double)t.cfg->batch_wait_ms / 1000.0;
-                while (!alone && n < (size_t)t.cfg->batch &&
+                while (!alone && n < cap &&
                        mq_next(t.mq, wait_left_ms(fill_until), &batch[n]) == PAYQ_OK) {
                     if (redelivered(batch[n]))
                         alone = batch[n];
                     else
-                        n++;
+                        wait[n++] = false;
                 }
                 int held = (int)n + (alone ? 1 : 0);
                 metrics_in_flight_add(held);
+                memset(busy, 0, cap * sizeof *busy);
                 if (n > 0) {
                     metrics_batch((int)n);
-                    rc = handle_batch(&t, batch, n);
+                    rc = handle_batch(&t, batch, wait, n, busy);
                 }
                 if (alone && rc == PAYQ_OK) {
                     metrics_batch(1);
                     rc = handle(&t, alone);
                 }
-                for (size_t i = 0; i < n; i++)
-                    mq_delivery_free(batch[i]);
+                carried = 0;
+                for (size_t i = 0; i < n; i++) {
+                    if (rc == PAYQ_OK && busy[i])
+                        batch[carried++] = batch[i];
+                    else
+                        mq_delivery_free(batch[i]);
+                }
+                if (carried)
+                    log_debug("thread %d: %zu command(s) whose wallets another batch held go "
+                              "into the next batch", t.index, carried);
                 mq_delivery_free(alone);
                 metrics_in_flight_add(-held);
             }
@@ -977,6 +1024,11 @@ void *worker_thread(void *arg)
                 break;
             }
         }
+        /* Held deliveries go back to the queue with the connection. */
+        for (size_t i = 0; i < carried; i++)
+            mq_delivery_free(batch[i]);
+        free(wait);
+        free(busy);
         free(batch);
         disconnect(&t);
     }
