@@ -962,7 +962,10 @@ void *worker_thread(void *arg)
         struct mq_delivery **batch = calloc(cap, sizeof *batch);
         bool *wait = calloc(cap, sizeof *wait), *busy = calloc(cap, sizeof *busy);
         size_t carried = 0; /* batch[0..carried): busy last time, held, not acked */
-        while (batch && wait && busy && !stopping(&t)) {
+        /* On a stop request the commands carried from the last batch are
+         * still applied (they wait for their wallets, so they cannot be
+         * passed over again); nothing new joins them. */
+        while (batch && wait && busy && (carried > 0 || !stopping(&t))) {
             maintain(&t, &next_maintenance);
             int rc = PAYQ_OK;
             if (carried == 0) {
@@ -987,7 +990,7 @@ void *worker_thread(void *arg)
                     n = 0;
                 }
                 double fill_until = t.taken_at + (double)t.cfg->batch_wait_ms / 1000.0;
-                while (!alone && n < cap &&
+                while (!alone && n < cap && !stopping(&t) &&
                        mq_next(t.mq, wait_left_ms(fill_until), &batch[n]) == PAYQ_OK) {
                     if (redelivered(batch[n]))
                         alone = batch[n];
@@ -1024,7 +1027,7 @@ void *worker_thread(void *arg)
                 break;
             }
         }
-        /* Held deliveries go back to the queue with the connection. */
+        /* Held deliveries (the connection failed) go back to the queue with it. */
         for (size_t i = 0; i < carried; i++)
             mq_delivery_free(batch[i]);
         free(wait);
