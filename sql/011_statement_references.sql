@@ -6,8 +6,8 @@
 --    row's header). A batch of 100 wallet payments ran 500 of them: two per
 --    ledger entry (posting, account) and one per payment event (payment);
 --    and the merchant accounts that every concurrent batch credits collected
---    share locks from several transactions at once. Taking the three keys
---    away cost 10% less database CPU per batch (in-database benchmark of
+--    share locks from several transactions at once. Without the three keys
+--    a batch costs the database 10% less CPU (in-database benchmark of
 --    apply_batch, 100 payments a batch).
 --
 --    What the keys checked is now checked once per statement, with one query
