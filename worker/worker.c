@@ -999,7 +999,6 @@ void *worker_thread(void *arg)
                 }
                 int held = (int)n + (alone ? 1 : 0);
                 metrics_in_flight_add(held);
-                memset(busy, 0, cap * sizeof *busy);
                 if (n > 0) {
                     metrics_batch((int)n);
                     rc = handle_batch(&t, batch, wait, n, busy);
