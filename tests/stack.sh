@@ -37,6 +37,11 @@
 #                     build payq-worker itself
 #   PAYQ_STACK_NO_MIGRATE=1   skip building the worker and migrating
 #   PAYQ_STACK_TIMEOUT [120]  seconds to wait for each server to start
+#   PAYQ_RMQ_ERL_ARGS ["+SP 50:50"]  extra Erlang VM flags of the broker; the
+#                     default gives it schedulers for half the cores (one on
+#                     two cores), the rest stays with PostgreSQL and the
+#                     workers on this shared host; empty = Erlang's default
+#                     (a scheduler per core)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -47,6 +52,7 @@ MGMT_PORT=${PAYQ_MGMT_PORT:-15673}
 PROM_PORT=${PAYQ_PROM_PORT:-15693}
 DIST_PORT=${PAYQ_DIST_PORT:-25673}
 PG_PORT=${PAYQ_PG_PORT:-5433}
+RMQ_ERL_ARGS=${PAYQ_RMQ_ERL_ARGS-+SP 50:50}
 BUILD_DIR=${BUILD_DIR:-$REPO/build}
 TIMEOUT=${PAYQ_STACK_TIMEOUT:-120}
 
@@ -214,7 +220,7 @@ RMQ_ENV=(
     RABBITMQ_CONF_ENV_FILE="$RMQ_DIR/rabbitmq-env.conf"
     RABBITMQ_ENABLED_PLUGINS_FILE="$REPO/rabbitmq/enabled_plugins"
     RABBITMQ_DIST_PORT="$DIST_PORT"
-    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} $RMQ_ERL_ARGS"
     ERL_EPMD_ADDRESS="$HOST"
 )
 
@@ -290,11 +296,12 @@ rmq_start() {
     local launcher=
     write_rmq_conf "$RMQ_CONF.new"
     # A node started from an older configuration (before the TLS listener,
-    # say) is restarted once so that it runs with the current one; edited
-    # comments alone restart nothing.
-    if rmq_running && ! cmp -s <(grep -v '^[[:space:]]*#' "$RMQ_CONF.new") \
-        <(grep -v '^[[:space:]]*#' "$RMQ_CONF" 2>/dev/null); then
-        log "RabbitMQ's generated configuration changed ($RMQ_CONF): restarting the node"
+    # say) or other Erlang flags is restarted once so that it runs with the
+    # current ones; edited comments alone restart nothing.
+    if rmq_running && { ! cmp -s <(grep -v '^[[:space:]]*#' "$RMQ_CONF.new") \
+        <(grep -v '^[[:space:]]*#' "$RMQ_CONF" 2>/dev/null) ||
+        [[ $(cat "$RMQ_DIR/erl-args" 2>/dev/null) != "$RMQ_ERL_ARGS" ]]; }; then
+        log "RabbitMQ's generated configuration or Erlang flags changed ($RMQ_CONF): restarting the node"
         rmq_stop
         require_free_ports "AMQP over TLS:$AMQPS_PORT"
     fi
@@ -307,6 +314,7 @@ rmq_start() {
             rm -f "$RMQ_PID_FILE"
         fi
         mv "$RMQ_CONF.new" "$RMQ_CONF"
+        printf '%s' "$RMQ_ERL_ARGS" >"$RMQ_DIR/erl-args"
         log "starting RabbitMQ node $RMQ_NODE (AMQP $HOST:$AMQP_PORT, AMQPS $HOST:$AMQPS_PORT)"
         # A session of its own and every fd redirected: the server outlives
         # this script and never holds the caller's terminal or pipes open.
