@@ -930,6 +930,32 @@ static int watch_db(struct thread_ctx *t, double *next)
     return reconnect_db(t);
 }
 
+/* How often a thread drops its session's cached query plans. */
+#define REPLAN_MS 10000
+
+/*
+ * PostgreSQL keeps a plan a function's statement got on its first calls
+ * until an ANALYZE of a table it reads (or DDL) invalidates it, not when the
+ * table grows. On a new database the first batches saw an empty
+ * payq.payments, got a plan that hashes the whole table to look their
+ * payment ids up, and kept it while the table grew: a capacity run on a
+ * freshly migrated database did 715 sequential scans of payq.payments
+ * (25 million rows read) and ran at 1,820 payments/s, autovacuum's first
+ * ANALYZE coming only at its end; with this, 82 scans in the first 10 s and
+ * none after, 3,327/s. Every REPLAN_MS the thread drops its
+ * cached plans (DISCARD PLANS; prepared statements stay, they are planned
+ * again on their next use, against the tables as they are then).
+ */
+static void replan(struct thread_ctx *t, double *next)
+{
+    double now = metrics_now();
+    if (now < *next || !db_ok(t->db))
+        return;
+    *next = now + REPLAN_MS / 1000.0;
+    if (db_exec(t->db, "DISCARD PLANS") != PAYQ_OK)
+        log_warn("thread %d: DISCARD PLANS: %s", t->index, db_error(t->db));
+}
+
 void *worker_thread(void *arg)
 {
     struct worker_thread_arg *wa = arg;
@@ -958,6 +984,7 @@ void *worker_thread(void *arg)
                  mq_peer(t.mq), t.cfg->prefetch);
         long long next_maintenance = 0;
         double next_db_watch = 0;
+        double next_replan = metrics_now() + REPLAN_MS / 1000.0;
         size_t cap = (size_t)t.cfg->batch;
         struct mq_delivery **batch = calloc(cap, sizeof *batch);
         bool *wait = calloc(cap, sizeof *wait), *busy = calloc(cap, sizeof *busy);
@@ -1000,6 +1027,7 @@ void *worker_thread(void *arg)
                 int held = (int)n + (alone ? 1 : 0);
                 metrics_in_flight_add(held);
                 if (n > 0) {
+                    replan(&t, &next_replan);
                     metrics_batch((int)n);
                     rc = handle_batch(&t, batch, wait, n, busy);
                 }
