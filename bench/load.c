@@ -256,6 +256,9 @@ int load_run(mq_t *mq, const struct load_spec *s, struct load_result *r)
         return rc;
     }
     const int64_t t0 = now_ns();
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    r->started_unix_s = (double)wall.tv_sec + (double)wall.tv_nsec / 1e9;
     const int64_t end = t0 + (s->count ? PUBLISH_MAX_NS : s->duration_ms * MS);
     const double ns_per_cmd = s->rate > 0 ? 1e9 / (double)s->rate : 0;
     int64_t last_pub = t0, grace_end = 0, next_progress = t0 + s->progress_ms * MS;

@@ -71,6 +71,7 @@ struct load_result {
     uint8_t *nrep;       /* [sent]: replies seen per command (saturates at 255) */
     struct stats_outcomes outcomes;
     int64_t ok_amount, ok_fee; /* sums of amount and fee over succeeded replies */
+    double started_unix_s;     /* t0 on the wall clock (to line the latency log up with logs) */
     double publish_s;          /* t0 to the last publish */
     double elapsed_s;          /* t0 to the last reply (to the last publish if none) */
     double lag_max_ms;         /* open loop: the furthest a publish fell behind its due time */

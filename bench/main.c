@@ -125,7 +125,8 @@ static const struct cfg_opt options[] = {
     OPT("latency-log", "PAYQ_BENCH_LATENCY_LOG", CFG_STR, NULL, 0, 0, latency_log, "FILE",
         "write every measured command's latency to FILE as CSV: index, due time in ms from "
         "the start of the measured phase (with --rate; empty as fast as possible), latency in "
-        "ms (empty: no reply). A timeline of when the slow ones happened"),
+        "ms (empty: no reply), after a first line \"# due_ms 0 = <Unix time> s ...\" that "
+        "puts the timeline on the wall clock. When the slow ones happened"),
     OPT("no-check", "PAYQ_BENCH_NO_CHECK", CFG_BOOL, NULL, 0, 0, no_check, NULL,
         "skip `payq-worker check` (it checks the whole database, which takes longer as it "
         "grows); the run's own checks still run"),
@@ -220,6 +221,9 @@ static void write_latency_log(const char *path, const struct load_result *m, lon
         fprintf(stderr, "payq-bench: cannot write --latency-log %s: %s\n", path, strerror(errno));
         return;
     }
+    /* The first line says when due time 0 was on the wall clock, so the
+     * slow commands can be found in the broker's and the database's logs. */
+    fprintf(f, "# due_ms 0 = %.3f s since the Unix epoch\n", m->started_unix_s);
     fputs("index,due_ms,latency_ms\n", f);
     for (uint64_t i = 0; i < m->sent; i++) {
         fprintf(f, "%" PRIu64 ",", i);
