@@ -39,6 +39,8 @@ struct bench_config {
     const char *worker_log_level;
     const char *log_dir;
     const char *latency_log;
+    const char *disk_probe_dir; /* NULL: $PAYQ_STACK_DIR, $TMPDIR or /tmp */
+    int no_disk_probe;
     int no_check;
     int smoke;
     int quiet;

@@ -27,6 +27,7 @@
 #include "broker.h"
 #include "config.h"
 #include "db.h"
+#include "disk.h"
 #include "dist.h"
 #include "fleet.h"
 #include "load.h"
@@ -127,6 +128,13 @@ static const struct cfg_opt options[] = {
         "the start of the measured phase (with --rate; empty as fast as possible), latency in "
         "ms (empty: no reply), after a first line \"# due_ms 0 = <Unix time> s ...\" that "
         "puts the timeline on the wall clock. When the slow ones happened"),
+    OPT("disk-probe-dir", "PAYQ_BENCH_DISK_PROBE_DIR", CFG_STR, NULL, 0, 0, disk_probe_dir, "DIR",
+        "where the fsync probe writes during the measured phase: 8 KiB and an fdatasync every "
+        "20 ms, to report the disk's sync latency beside the payments' (default "
+        "$PAYQ_STACK_DIR, then $TMPDIR, then /tmp: put it on the disk of the broker's and the "
+        "database's data)"),
+    OPT("no-disk-probe", "PAYQ_BENCH_NO_DISK_PROBE", CFG_BOOL, NULL, 0, 0, no_disk_probe, NULL,
+        "do not run the fsync probe"),
     OPT("no-check", "PAYQ_BENCH_NO_CHECK", CFG_BOOL, NULL, 0, 0, no_check, NULL,
         "skip `payq-worker check` (it checks the whole database, which takes longer as it "
         "grows); the run's own checks still run"),
@@ -559,6 +567,22 @@ static int connect_mq(struct run *run)
 }
 
 /* The measured phase with CPU accounting around it. */
+/* The fsync probe's interval (see disk.h): 50 syncs a second, a load the
+ * disk hardly notices beside the database's and the broker's. */
+#define DISK_PROBE_INTERVAL_MS 20
+
+/* Where the fsync probe writes: the stack's own directory (tests/stack.sh
+ * exports it), on the disk its data lives on, unless told otherwise. */
+static const char *probe_dir(const struct bench_config *cfg)
+{
+    const char *d = cfg->disk_probe_dir;
+    if (!d || !*d)
+        d = getenv("PAYQ_STACK_DIR");
+    if (!d || !*d)
+        d = getenv("TMPDIR");
+    return d && *d ? d : "/tmp";
+}
+
 static int measure(struct run *run, struct report *rep)
 {
     const struct bench_config *cfg = &run->cfg;
@@ -591,8 +615,15 @@ static int measure(struct run *run, struct report *rep)
         fprintf(stderr, "payq-bench: measuring: as fast as possible %s %ld %s\n",
                 cfg->count ? "until" : "for", cfg->count ? cfg->count : cfg->duration,
                 cfg->count ? "are published" : "s");
+    struct disk_probe *probe = NULL;
+    char probe_why[160] = "off (--no-disk-probe)";
+    /* A probe that cannot start says why in the report; the run goes on. */
+    if (!cfg->no_disk_probe && disk_probe_start(probe_dir(cfg), DISK_PROBE_INTERVAL_MS, &probe,
+                                                probe_why, sizeof probe_why) != PAYQ_OK)
+        probe = NULL;
     int rc = load_run(run->mq, &s, &run->m);
     double wall = now_s() - t0;
+    disk_probe_stop(probe, &rep->disk, probe_why);
     host = host && procs_host_cpu(&busy1, &total1) == PAYQ_OK && total1 > total0;
     rep->bench_cpu = wall > 0 ? 100 * (self_cpu_s() - self0) / wall : 0;
     rep->workers_cpu = wall > 0 ? 100 * (fleet_cpu_seconds(&run->fleet) - workers0) / wall : 0;

@@ -143,6 +143,31 @@ static double cpu_us_per_payment(const struct report *r)
     return pct / 100.0 / r->throughput * 1e6;
 }
 
+/* The fsync probe: the disk's share of the latency tail, in its own words. */
+static void print_disk(const struct disk_summary *d, FILE *out)
+{
+    if (!d->ran) {
+        fprintf(out, "  disk fsync        not measured: %s\n", d->why);
+        return;
+    }
+    if (d->n == 0) {
+        fprintf(out, "  disk fsync        no sync finished%s%s\n", d->why[0] ? ": " : "", d->why);
+        return;
+    }
+    fprintf(out,
+            "  disk fsync        p50 %.2f  p99 %.2f  max %.1f ms; %" PRIu64 " of %" PRIu64
+            " syncs took %d ms or more (8 KiB + fdatasync every 20 ms)\n",
+            d->p50_ms, d->p99_ms, d->max_ms, d->slow, d->n, DISK_PROBE_SLOW_MS);
+    if (d->slow > 0) {
+        fprintf(out, "                    slowest at");
+        for (int i = 0; i < d->worst_n && d->worst[i].ms >= DISK_PROBE_SLOW_MS; i++)
+            fprintf(out, "%s %.1f s (%.0f ms)", i ? "," : "", d->worst[i].at_s, d->worst[i].ms);
+        fprintf(out, " into the phase\n");
+    }
+    if (d->why[0])
+        fprintf(out, "                    %s\n", d->why);
+}
+
 static void print_measured(const struct report *r, FILE *out)
 {
     const struct load_result *m = r->m;
@@ -192,6 +217,7 @@ static void print_measured(const struct report *r, FILE *out)
             "  machine speed     reference loop %.0f ms before setup, %.0f ms after the run "
             "(about 210 on a quiet machine; higher = a slower machine then)\n",
             r->ref_before_ms, r->ref_after_ms);
+    print_disk(&r->disk, out);
 }
 
 static void print_checks(const struct report *r, FILE *out)
@@ -243,6 +269,28 @@ static json_t *check_json(enum report_verdict v)
 static json_t *num(double x)
 {
     return json_real(round(x * 1000) / 1000);
+}
+
+/* {"n", "p50_ms", "p99_ms", "max_ms", "slow", "worst": [{"at_s", "ms"}]}, or
+ * null when the probe did not run. */
+static json_t *disk_json(const struct disk_summary *d)
+{
+    if (!d->ran || d->n == 0)
+        return json_null();
+    json_t *o = json_object(), *worst = json_array();
+    json_object_set_new(o, "n", json_integer((json_int_t)d->n));
+    json_object_set_new(o, "p50_ms", num(d->p50_ms));
+    json_object_set_new(o, "p99_ms", num(d->p99_ms));
+    json_object_set_new(o, "max_ms", num(d->max_ms));
+    json_object_set_new(o, "slow", json_integer((json_int_t)d->slow));
+    for (int i = 0; i < d->worst_n; i++) {
+        json_t *w = json_object();
+        json_object_set_new(w, "at_s", num(d->worst[i].at_s));
+        json_object_set_new(w, "ms", num(d->worst[i].ms));
+        json_array_append_new(worst, w);
+    }
+    json_object_set_new(o, "worst", worst);
+    return o;
 }
 
 static void print_result(const struct report *r, FILE *out)
@@ -305,6 +353,7 @@ static void print_result(const struct report *r, FILE *out)
     json_object_set_new(o, "machine_ref_before_ms", num(r->ref_before_ms));
     json_object_set_new(o, "machine_ref_after_ms", num(r->ref_after_ms));
     json_object_set_new(o, "cpu_us_per_payment", num(cpu_us_per_payment(r)));
+    json_object_set_new(o, "disk_fsync", disk_json(&r->disk));
     json_object_set_new(o, "worker_rss_peak_mib",
                         r->worker_rss_mib > 0 ? num(r->worker_rss_mib) : json_null());
     json_object_set_new(o, "seed", json_integer((json_int_t)r->seed));

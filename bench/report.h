@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "bench.h"
+#include "disk.h"
 #include "load.h"
 #include "stats.h"
 #include "verify.h"
@@ -43,6 +44,7 @@ struct report {
     long host_cores;
     double worker_rss_mib; /* the largest peak RSS (VmHWM) of the spawned workers; 0 unknown */
     double ref_before_ms, ref_after_ms; /* stats_machine_ref_ms() before setup, after the run */
+    struct disk_summary disk;           /* the fsync probe during the measured phase */
 
     /* Checks. */
     enum report_verdict replies, conserved, overdraft, agree, checker, workers;
