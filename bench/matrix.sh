@@ -62,11 +62,15 @@ run() {
     cpu=$(col .cpu_us_per_payment); pg=$(col .database_cpu_pct); rmq=$(col .broker_cpu_pct)
     rss=$(col .worker_rss_peak_mib)
     ref=$(col '(.machine_ref_before_ms + .machine_ref_after_ms) / 2')
+    local fs99 fsmax
+    fs99=$(col '.disk_fsync.p99_ms'); fsmax=$(col '.disk_fsync.max_ms')
     runs=$(jq -r '.throughput // "failed" | if type == "number" then (. | floor | tostring) else . end' <<<"$all" | paste -sd ' ')
     ok=$(jq -r '.ok' <<<"$all" | sort -u | paste -sd ' ')
     [[ $ok == true ]] && ok=yes || ok="NO ($ok)"
-    rows+=("$(printf '| %s | %.0f | %s | %.1f / %.1f | %.0f | %.0f / %.0f | %.1f | %.0f | %s |' \
-        "$label" "$tp" "$runs" "$p50" "$p99" "$cpu" "$pg" "$rmq" "$rss" "$ref" "$ok")")
+    local disk="-"
+    [[ $fsmax != - ]] && disk=$(printf '%.1f / %.1f' "$fs99" "$fsmax")
+    rows+=("$(printf '| %s | %.0f | %s | %.1f / %.1f | %.0f | %.0f / %.0f | %.1f | %.0f | %s | %s |' \
+        "$label" "$tp" "$runs" "$p50" "$p99" "$cpu" "$pg" "$rmq" "$rss" "$ref" "$disk" "$ok")")
 }
 
 CAP=(--wallets 10000 --merchants 100 --duration 60 --rate 0)
@@ -101,9 +105,10 @@ capacity | latency) ;;
 esac
 
 echo
-echo "| configuration | payments/s (median) | runs | latency p50 / p99 ms | CPU per payment (us) | PostgreSQL / RabbitMQ, % of a core | worker peak RSS MiB | machine ref ms | checks passed |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "| configuration | payments/s (median) | runs | latency p50 / p99 ms | CPU per payment (us) | PostgreSQL / RabbitMQ, % of a core | worker peak RSS MiB | machine ref ms | disk fsync p99 / max ms | checks passed |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 printf '%s\n' "${rows[@]}"
 echo
 echo "(the runs column lists every run's throughput; machine ref: payq-bench's reference loop, about"
-echo " 210 ms on a quiet machine, higher when the machine was slow; every RESULT line in $LOG)"
+echo " 210 ms on a quiet machine, higher when the machine was slow; disk fsync: the bench's probe,"
+echo " 8 KiB + fdatasync every 20 ms during the run; every RESULT line in $LOG)"
