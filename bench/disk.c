@@ -19,8 +19,8 @@
 #define TMPFS_MAGIC 0x01021994
 #endif
 
-#define BLOCK 8192                  /* bytes written before each sync */
-#define SPAN (16 * 1024 * 1024)     /* the file cycles over this many bytes */
+#define BLOCK 8192              /* bytes written before each sync */
+#define SPAN (16 * 1024 * 1024) /* the file cycles over this many bytes */
 #define INITIAL_SAMPLES 4096
 
 struct disk_probe {

@@ -566,11 +566,6 @@ static int connect_mq(struct run *run)
     return PAYQ_OK;
 }
 
-/* The measured phase with CPU accounting around it. */
-/* The fsync probe's interval (see disk.h): 50 syncs a second, a load the
- * disk hardly notices beside the database's and the broker's. */
-#define DISK_PROBE_INTERVAL_MS 20
-
 /* Where the fsync probe writes: the stack's own directory (tests/stack.sh
  * exports it), on the disk its data lives on, unless told otherwise. */
 static const char *probe_dir(const struct bench_config *cfg)
@@ -583,6 +578,7 @@ static const char *probe_dir(const struct bench_config *cfg)
     return d && *d ? d : "/tmp";
 }
 
+/* The measured phase with CPU accounting (and the fsync probe) around it. */
 static int measure(struct run *run, struct report *rep)
 {
     const struct bench_config *cfg = &run->cfg;

@@ -156,8 +156,9 @@ static void print_disk(const struct disk_summary *d, FILE *out)
     }
     fprintf(out,
             "  disk fsync        p50 %.2f  p99 %.2f  max %.1f ms; %" PRIu64 " of %" PRIu64
-            " syncs took %d ms or more (8 KiB + fdatasync every 20 ms)\n",
-            d->p50_ms, d->p99_ms, d->max_ms, d->slow, d->n, DISK_PROBE_SLOW_MS);
+            " syncs took %d ms or more (8 KiB + fdatasync every %d ms)\n",
+            d->p50_ms, d->p99_ms, d->max_ms, d->slow, d->n, DISK_PROBE_SLOW_MS,
+            DISK_PROBE_INTERVAL_MS);
     if (d->slow > 0) {
         fprintf(out, "                    slowest at");
         for (int i = 0; i < d->worst_n && d->worst[i].ms >= DISK_PROBE_SLOW_MS; i++)
