@@ -19,8 +19,8 @@
 #define TMPFS_MAGIC 0x01021994
 #endif
 
-#define BLOCK 8192              /* bytes written before each sync */
-#define SPAN (16 * 1024 * 1024) /* the file cycles over this many bytes */
+#define BLOCK 8192         /* bytes written before each sync */
+#define SPAN (1024 * 1024) /* the file cycles over this many bytes */
 #define INITIAL_SAMPLES 4096
 
 struct disk_probe {
@@ -128,8 +128,27 @@ int disk_probe_start(const char *dir, long interval_ms, struct disk_probe **out,
         free(p);
         return PAYQ_ERR_IO;
     }
+    /* Written whole and synced before the first timed sync, so that every
+     * timed one overwrites blocks the file already has (as PostgreSQL does
+     * in its recycled WAL segments) instead of also growing the file. */
+    static const char zeros[BLOCK];
+    int rc = 0;
+    for (off_t off = 0; off < SPAN && rc == 0; off += BLOCK)
+        if (pwrite(p->fd, zeros, sizeof zeros, off) != (ssize_t)sizeof zeros)
+            rc = errno ? errno : EIO;
+    if (rc == 0 && fdatasync(p->fd) != 0)
+        rc = errno;
+    if (rc != 0) {
+        snprintf(why, whylen, "cannot write %s: %s", p->path, strerror(rc));
+        close(p->fd);
+        unlink(p->path);
+        free(p->sync_us);
+        free(p->at_us);
+        free(p);
+        return PAYQ_ERR_IO;
+    }
     p->t0_ns = mono_ns();
-    int rc = pthread_create(&p->thread, NULL, probe_main, p);
+    rc = pthread_create(&p->thread, NULL, probe_main, p);
     if (rc != 0) {
         snprintf(why, whylen, "cannot start a thread: %s", strerror(rc));
         close(p->fd);
