@@ -8,8 +8,8 @@
 -- ~160,000 payments stored), most of it sorting the sample column by column,
 -- and jsonb values are dear to compare. On two cores shared with the broker
 -- and the workers, the pass over these tables (every minute while they are
--- small and grow fast) raised the p99 at a fixed 1,000 payments/s from ~30 to
--- 55-80 ms for the 5-6 s it took.
+-- small and grow fast) raised the per-second p99 at a fixed 1,000 payments/s
+-- from ~30 to 53-80 ms for the 5-6 s it took.
 --
 -- Nothing plans better for those statistics:
 --   - payload columns (jsonb bodies and replies, request hashes, free text)
