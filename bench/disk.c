@@ -5,7 +5,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -14,6 +13,8 @@
 #include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "stats.h"
 
 #ifndef TMPFS_MAGIC
 #define TMPFS_MAGIC 0x01021994
@@ -35,6 +36,19 @@ struct disk_probe {
     uint64_t n, cap;
     int err; /* errno of a failed write or sync; the probe then stops */
 };
+
+/* Undoes what disk_probe_start did so far: the file (when open), the
+ * sample arrays, p itself. */
+static void discard(struct disk_probe *p)
+{
+    if (p->fd >= 0) {
+        close(p->fd);
+        unlink(p->path);
+    }
+    free(p->sync_us);
+    free(p->at_us);
+    free(p);
+}
 
 static int64_t mono_ns(void)
 {
@@ -111,10 +125,13 @@ int disk_probe_start(const char *dir, long interval_ms, struct disk_probe **out,
         return PAYQ_ERR_INVALID;
     }
     struct disk_probe *p = calloc(1, sizeof *p);
-    if (!p || !grow(p)) {
-        if (p)
-            free(p->sync_us);
-        free(p);
+    if (!p) {
+        snprintf(why, whylen, "out of memory");
+        return PAYQ_ERR_NOMEM;
+    }
+    p->fd = -1;
+    if (!grow(p)) {
+        discard(p);
         snprintf(why, whylen, "out of memory");
         return PAYQ_ERR_NOMEM;
     }
@@ -123,9 +140,7 @@ int disk_probe_start(const char *dir, long interval_ms, struct disk_probe **out,
     p->fd = open(p->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (p->fd < 0) {
         snprintf(why, whylen, "cannot create %s: %s", p->path, strerror(errno));
-        free(p->sync_us);
-        free(p->at_us);
-        free(p);
+        discard(p);
         return PAYQ_ERR_IO;
     }
     /* Written whole and synced before the first timed sync, so that every
@@ -140,42 +155,18 @@ int disk_probe_start(const char *dir, long interval_ms, struct disk_probe **out,
         rc = errno;
     if (rc != 0) {
         snprintf(why, whylen, "cannot write %s: %s", p->path, strerror(rc));
-        close(p->fd);
-        unlink(p->path);
-        free(p->sync_us);
-        free(p->at_us);
-        free(p);
+        discard(p);
         return PAYQ_ERR_IO;
     }
     p->t0_ns = mono_ns();
     rc = pthread_create(&p->thread, NULL, probe_main, p);
     if (rc != 0) {
         snprintf(why, whylen, "cannot start a thread: %s", strerror(rc));
-        close(p->fd);
-        unlink(p->path);
-        free(p->sync_us);
-        free(p->at_us);
-        free(p);
+        discard(p);
         return PAYQ_ERR_IO;
     }
     *out = p;
     return PAYQ_OK;
-}
-
-static int cmp_u32(const void *a, const void *b)
-{
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return (x > y) - (x < y);
-}
-
-static double rank_ms(const uint32_t *sorted, uint64_t n, double q)
-{
-    uint64_t k = (uint64_t)ceil(q * (double)n); /* nearest rank, 1-based, as stats.c */
-    if (k < 1)
-        k = 1;
-    if (k > n)
-        k = n;
-    return sorted[k - 1] / 1000.0;
 }
 
 int disk_summarize(const uint32_t *sync_us, const uint64_t *at_us, uint64_t n,
@@ -186,15 +177,13 @@ int disk_summarize(const uint32_t *sync_us, const uint64_t *at_us, uint64_t n,
     s->n = n;
     if (n == 0)
         return PAYQ_OK;
-    uint32_t *sorted = malloc(n * sizeof *sorted);
-    if (!sorted)
-        return PAYQ_ERR_NOMEM;
-    memcpy(sorted, sync_us, n * sizeof *sorted);
-    qsort(sorted, n, sizeof *sorted, cmp_u32);
-    s->p50_ms = rank_ms(sorted, n, 0.50);
-    s->p99_ms = rank_ms(sorted, n, 0.99);
-    s->max_ms = sorted[n - 1] / 1000.0;
-    free(sorted);
+    struct stats_latency l; /* the same nearest-rank percentiles as the payments' */
+    int rc = stats_latency(sync_us, NULL, n, &l);
+    if (rc != PAYQ_OK)
+        return rc;
+    s->p50_ms = l.p50;
+    s->p99_ms = l.p99;
+    s->max_ms = l.max;
     /* The slowest few, slowest first: one pass keeping a short sorted list. */
     for (uint64_t i = 0; i < n; i++) {
         if (sync_us[i] >= DISK_PROBE_SLOW_MS * 1000u)
@@ -226,8 +215,6 @@ void disk_probe_stop(struct disk_probe *p, struct disk_summary *s, const char *w
     }
     atomic_store(&p->stop, 1);
     pthread_join(p->thread, NULL);
-    close(p->fd);
-    unlink(p->path);
     if (disk_summarize(p->sync_us, p->at_us, p->n, s) != PAYQ_OK) {
         memset(s, 0, sizeof *s);
         snprintf(s->why, sizeof s->why, "out of memory");
@@ -235,7 +222,5 @@ void disk_probe_stop(struct disk_probe *p, struct disk_summary *s, const char *w
         /* What was timed before the failure stands; say why it ended. */
         snprintf(s->why, sizeof s->why, "the probe stopped early: %s", strerror(p->err));
     }
-    free(p->sync_us);
-    free(p->at_us);
-    free(p);
+    discard(p);
 }

@@ -63,8 +63,8 @@ static double rank_ms(const uint32_t *sorted, uint64_t n, double p)
 int stats_latency(const uint32_t *lat_us, const uint8_t *has, uint64_t n, struct stats_latency *out)
 {
     memset(out, 0, sizeof *out);
-    uint64_t m = 0;
-    for (uint64_t i = 0; i < n; i++)
+    uint64_t m = has ? 0 : n;
+    for (uint64_t i = 0; has && i < n; i++)
         m += has[i] != 0;
     if (m == 0)
         return PAYQ_OK;
@@ -73,7 +73,7 @@ int stats_latency(const uint32_t *lat_us, const uint8_t *has, uint64_t n, struct
         return PAYQ_ERR_NOMEM;
     double sum = 0;
     for (uint64_t i = 0, j = 0; i < n; i++) {
-        if (has[i]) {
+        if (!has || has[i]) {
             v[j++] = lat_us[i];
             sum += lat_us[i];
         }

@@ -38,8 +38,9 @@ struct stats_latency {
 };
 
 /*
- * Summarizes the samples lat_us[i] for which has[i] != 0 (i < n): nearest-rank
- * percentiles over all of them. Allocates a temporary copy.
+ * Summarizes the samples lat_us[i] for which has[i] != 0 (i < n; every one
+ * when has is NULL): nearest-rank percentiles over all of them. Allocates a
+ * temporary copy.
  */
 int stats_latency(const uint32_t *lat_us, const uint8_t *has, uint64_t n,
                   struct stats_latency *out) PAYQ_MUSTCHECK;
