@@ -360,7 +360,7 @@ static void render(FILE *f)
            "Age of the oldest unpublished outbox row (0 when none or not the relay leader).");
     fprintf(f, "payq_outbox_lag_seconds %s\n", number(num, lag > 0 ? (uint64_t)lag : 0, NS_PER_S));
     family(f, "payq_outbox_published_total", "counter",
-           "Outbox events published with a confirm and marked published.");
+           "Outbox events published with a confirm (the relay position moved past them).");
     fprintf(f, "payq_outbox_published_total %llu\n",
             (unsigned long long)get(&reg.outbox_published));
 

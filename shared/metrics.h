@@ -38,7 +38,7 @@
  *   payq_outbox_lag_seconds                     gauge: age of the oldest unpublished outbox
  *                                               row (0 when none, or when another process
  *                                               is the relay leader)
- *   payq_outbox_published_total                 counter: outbox events published and marked
+ *   payq_outbox_published_total                 counter: outbox events published and confirmed
  *   payq_db_transaction_duration_seconds        histogram, 1 ms .. 10 s: one call of
  *                                               payq.apply_command or payq.apply_batch
  *   payq_batch_size                             histogram, 1 .. 1000: deliveries applied in
@@ -85,7 +85,7 @@ void metrics_outbox_lag(double seconds);
 /* Nothing is waiting to be published (or another process relays): 0. */
 void metrics_outbox_lag_clear(void);
 
-/* n outbox events were published (confirmed) and marked. */
+/* n outbox events were published (confirmed) and the relay position moved past them. */
 void metrics_outbox_published(int n);
 
 /* One payq.apply_command / payq.apply_batch call took `seconds`. */

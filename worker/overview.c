@@ -393,7 +393,7 @@ static const char SQL_THROUGHPUT[] =
 
 static const char SQL_OUTBOX[] =
     "SELECT count(*), floor(extract(epoch FROM now() - min(created_at)))::bigint"
-    "  FROM payq.outbox WHERE published_at IS NULL";
+    "  FROM payq.outbox_unpublished()";
 
 static const char SQL_DEAD_TOTAL[] = "SELECT count(*) FROM payq.dead_letters WHERE status = 'dead'";
 

@@ -1,7 +1,7 @@
 /*
  * relay.c - the outbox relay thread: leader election, LISTEN/NOTIFY wake-ups,
- * batched publishes with windowed confirms, and marking rows published only
- * after their confirms (see relay.h).
+ * pages of the outbox past the published position, windowed confirms, and
+ * moving the position only after the confirms (see relay.h).
  */
 #include "relay.h"
 
@@ -35,13 +35,27 @@
 /* Slices of every wait, so a stop request is seen quickly. */
 #define STOP_CHECK_MS 250
 
-/* Unpublished rows, oldest first (the partial index outbox_unpublished). */
-static const char FETCH_SQL[] =
-    "SELECT id, event_id, routing_key, body::text, correlation_id,"
-    "       floor(extract(epoch FROM created_at))::bigint,"
-    "       extract(epoch FROM now() - created_at)::float8"
-    "  FROM payq.outbox WHERE published_at IS NULL ORDER BY id LIMIT $1";
+/*
+ * One page of the outbox (sql/015): the rows visible in the target snapshot
+ * and not in the position's, with id > $6, in id order, at most $7. With no
+ * target ($4 NULL) the target is this statement's snapshot, and the xid it
+ * assigns the relay's transaction, taken after that snapshot, is the target's
+ * horizon. The first two columns carry target and horizon, also when the
+ * page is empty (a single row of NULLs from the outer join).
+ */
+static const char PAGE_SQL[] =
+    "SELECT t.s::text, t.n::text, o.id, o.event_id, o.routing_key, o.body::text,"
+    "       o.correlation_id, floor(extract(epoch FROM o.created_at))::bigint,"
+    "       extract(epoch FROM now() - o.created_at)::float8"
+    "  FROM (SELECT COALESCE($4::pg_snapshot, pg_current_snapshot()) AS s,"
+    "               CASE WHEN $4::pg_snapshot IS NULL THEN pg_current_xact_id()"
+    "                    ELSE $5::xid8 END AS n) t"
+    "  LEFT JOIN LATERAL payq.outbox_after($1::pg_snapshot, $2::xid8, $3::bigint, t.s,"
+    "                                      $6::bigint, $7::integer) o ON true"
+    " ORDER BY o.id";
 enum {
+    F_TARGET,
+    F_TARGET_HORIZON,
     F_ID,
     F_EVENT_ID,
     F_ROUTING_KEY,
@@ -51,8 +65,29 @@ enum {
     F_AGE_S /* seconds since created_at, on the database's clock */
 };
 
-static const char MARK_SQL[] = "UPDATE payq.outbox SET published_at = now()"
-                               " WHERE id = ANY($1::bigint[]) AND published_at IS NULL";
+static const char LOAD_SQL[] =
+    "SELECT snapshot::text, horizon::text, max_id, target::text, target_horizon::text,"
+    "       through_id FROM payq.relay_position";
+
+static const char SAVE_SQL[] =
+    "UPDATE payq.relay_position SET snapshot = $1::pg_snapshot, horizon = $2::xid8,"
+    "       max_id = $3::bigint, target = $4::pg_snapshot, target_horizon = $5::xid8,"
+    "       through_id = $6::bigint, updated_at = now()";
+
+/*
+ * What has been published (payq.relay_position, sql/015): every outbox row
+ * visible in `snapshot`, and, while a backlog is paged through, the rows
+ * visible in `target` up to id `through`. Loaded when this relay becomes the
+ * leader, saved after the broker confirmed a page.
+ */
+struct position {
+    char *snapshot;       /* pg_snapshot as text */
+    char *horizon;        /* xid8 as text */
+    long long max_id;     /* the largest id visible in snapshot */
+    char *target;         /* NULL unless a backlog is being paged through */
+    char *target_horizon; /* with target */
+    long long through;    /* with target: the last id published of it */
+};
 
 struct relay {
     const struct worker_config *cfg;
@@ -61,8 +96,9 @@ struct relay {
     char db_name[64];
     mq_t *mq;
     db_t *db;
-    bool leader;  /* this session holds RELAY_LOCK_KEY */
-    bool standby; /* "standing by" was logged for this session */
+    bool leader;         /* this session holds RELAY_LOCK_KEY */
+    bool standby;        /* "standing by" was logged for this session */
+    struct position pos; /* valid while leader */
     struct backoff reconnect;
 };
 
@@ -92,6 +128,74 @@ static void nap(const struct relay *r, long ms)
     }
 }
 
+/* Replaces *dst with a copy of src (NULL: none). */
+static int set_text(char **dst, const char *src)
+{
+    char *copy = NULL;
+    if (src && !(copy = strdup(src)))
+        return PAYQ_ERR_NOMEM;
+    free(*dst);
+    *dst = copy;
+    return PAYQ_OK;
+}
+
+static void position_clear(struct position *p)
+{
+    free(p->snapshot);
+    free(p->horizon);
+    free(p->target);
+    free(p->target_horizon);
+    memset(p, 0, sizeof *p);
+}
+
+/* Reads the position the last leader saved. */
+static int position_load(struct relay *r)
+{
+    PGresult *res = PQexec(db_conn(r->db), LOAD_SQL);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return db_fail(r->db, res);
+    if (PQntuples(res) != 1) {
+        PQclear(res);
+        log_error("relay: payq.relay_position has no row (it is written by migration "
+                  "015_snapshot_relay.sql and must never be deleted)");
+        return PAYQ_ERR_DB;
+    }
+    struct position *p = &r->pos;
+    position_clear(p);
+    int rc = PAYQ_OK;
+    const char *v[6];
+    for (int i = 0; i < 6; i++)
+        v[i] = PQgetisnull(res, 0, i) ? NULL : PQgetvalue(res, 0, i);
+    if (set_text(&p->snapshot, v[0]) || set_text(&p->horizon, v[1]) || set_text(&p->target, v[3]) ||
+        set_text(&p->target_horizon, v[4]))
+        rc = PAYQ_ERR_NOMEM;
+    p->max_id = strtoll(v[2], NULL, 10);
+    p->through = v[5] ? strtoll(v[5], NULL, 10) : 0;
+    PQclear(res);
+    if (rc == PAYQ_OK && p->target)
+        log_info("relay: going on with a backlog the last leader was publishing, after outbox "
+                 "id %lld",
+                 p->through);
+    return rc;
+}
+
+/* Records r->pos; once it commits, what it covers is never published again
+ * (short of restoring the database). */
+static int position_save(struct relay *r)
+{
+    const struct position *p = &r->pos;
+    char max_id[24], through[24];
+    snprintf(max_id, sizeof max_id, "%lld", p->max_id);
+    snprintf(through, sizeof through, "%lld", p->through);
+    const char *params[6] = { p->snapshot, p->horizon,        max_id,
+                              p->target,   p->target_horizon, p->target ? through : NULL };
+    PGresult *res = PQexecParams(db_conn(r->db), SAVE_SQL, 6, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK || strcmp(PQcmdTuples(res), "1") != 0)
+        return db_fail(r->db, res);
+    PQclear(res);
+    return PAYQ_OK;
+}
+
 static void disconnect(struct relay *r)
 {
     mq_close(r->mq);
@@ -100,6 +204,7 @@ static void disconnect(struct relay *r)
     r->db = NULL;
     r->leader = false;
     r->standby = false;
+    position_clear(&r->pos);
 }
 
 static int connect_all(struct relay *r)
@@ -188,7 +293,7 @@ static int try_lead(struct relay *r)
     /* LISTEN before the first read of the table: a row committed after the
      * read then always wakes us, and one committed before is in the read. */
     int rc = db_exec(r->db, "LISTEN " RELAY_NOTIFY_CHANNEL);
-    if (rc != PAYQ_OK)
+    if (rc != PAYQ_OK || (rc = position_load(r)) != PAYQ_OK)
         return rc;
     r->leader = true;
     log_info("relay: this process is now the outbox relay leader (advisory lock %lld); "
@@ -220,96 +325,87 @@ static int publish_row(struct relay *r, const PGresult *res, int i, uint64_t *se
                       (size_t)PQgetlength(res, i, F_BODY), seq);
 }
 
-/* The ids of the batch as a bigint[] literal, "{1,2,3}"; caller frees. */
-static char *id_array(const PGresult *res, int n)
-{
-    size_t len = 3;
-    for (int i = 0; i < n; i++)
-        len += (size_t)PQgetlength(res, i, F_ID) + 1;
-    char *s = malloc(len);
-    if (!s)
-        return NULL;
-    size_t pos = 0;
-    s[pos++] = '{';
-    for (int i = 0; i < n; i++) {
-        if (i > 0)
-            s[pos++] = ',';
-        size_t l = (size_t)PQgetlength(res, i, F_ID);
-        memcpy(s + pos, PQgetvalue(res, i, F_ID), l);
-        pos += l;
-    }
-    s[pos++] = '}';
-    s[pos] = 0;
-    return s;
-}
-
 /*
- * Publishes up to cfg->relay_batch unpublished rows in id order, waits for
- * all their confirms at once, then marks them published. *count gets the
- * number of rows handled.
+ * Publishes the next page of at most cfg->relay_batch rows past the position
+ * (sql/015), waits for all their confirms at once, then saves the new
+ * position. *count gets the number of rows published.
  *
- * At least once, never lost: a row is marked only after the broker
- * confirmed it. A crash, a nack or a lost connection after the publishes but
- * before the UPDATE commits leaves the rows unpublished, and the next leader
- * publishes them again, in the same order, with the same message_id
- * (event_id), which consumers use to drop duplicates.
+ * At least once, never lost: the position moves only after the broker
+ * confirmed every row it now covers. A crash, a nack or a lost connection
+ * before the UPDATE commits leaves the old position, and the next round (or
+ * the next leader) publishes the same rows again, in the same order, with the
+ * same message_id (event_id), which consumers use to drop duplicates.
  */
 static int relay_batch(struct relay *r, int *count)
 {
-    PGconn *c = db_conn(r->db);
-    char limit[24];
+    struct position *p = &r->pos;
+    char max_id[24], through[24], limit[24];
+    snprintf(max_id, sizeof max_id, "%lld", p->max_id);
+    snprintf(through, sizeof through, "%lld", p->target ? p->through : 0);
     snprintf(limit, sizeof limit, "%ld", r->cfg->relay_batch);
-    const char *params[1] = { limit };
+    const char *params[7] = { p->snapshot,       p->horizon, max_id, p->target,
+                              p->target_horizon, through,    limit };
     long long t0 = now_ms();
-    PGresult *res = PQexecParams(c, FETCH_SQL, 1, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+    PGresult *res = PQexecParams(db_conn(r->db), PAGE_SQL, 7, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) < 1)
         return db_fail(r->db, res);
-    int n = PQntuples(res);
+    int n = PQgetisnull(res, 0, F_ID) ? 0 : PQntuples(res);
     *count = 0;
-    if (n == 0) {
-        metrics_outbox_lag_clear();
-        PQclear(res);
-        return PAYQ_OK;
-    }
-    metrics_outbox_lag(strtod(PQgetvalue(res, 0, F_AGE_S), NULL));
 
     int rc = PAYQ_OK;
-    uint64_t last = 0;
-    char *ids = NULL;
-    for (int i = 0; i < n && rc == PAYQ_OK; i++)
-        rc = publish_row(r, res, i, &last);
-    /* Windowed confirms: one wait for the whole batch. */
-    if (rc == PAYQ_OK)
-        rc = mq_wait_confirms(r->mq, last, CONFIRM_TIMEOUT_MS);
-    if (rc != PAYQ_OK) {
-        log_error("relay: publishing %d event(s) from outbox id %s failed (%s: %s); they stay "
-                  "unpublished and will be published again",
-                  n, PQgetvalue(res, 0, F_ID), payq_strerror(rc), mq_error(r->mq));
-        goto out;
+    if (n > 0) {
+        metrics_outbox_lag(strtod(PQgetvalue(res, 0, F_AGE_S), NULL));
+        uint64_t last = 0;
+        for (int i = 0; i < n && rc == PAYQ_OK; i++)
+            rc = publish_row(r, res, i, &last);
+        /* Windowed confirms: one wait for the whole page. */
+        if (rc == PAYQ_OK)
+            rc = mq_wait_confirms(r->mq, last, CONFIRM_TIMEOUT_MS);
+        if (rc != PAYQ_OK) {
+            log_error("relay: publishing %d event(s) from outbox id %s failed (%s: %s); they "
+                      "stay unpublished and will be published again",
+                      n, PQgetvalue(res, 0, F_ID), payq_strerror(rc), mq_error(r->mq));
+            PQclear(res);
+            return rc;
+        }
     }
 
-    if (!(ids = id_array(res, n))) {
-        rc = PAYQ_ERR_NOMEM;
-        goto out;
+    long long last_id = n > 0 ? strtoll(PQgetvalue(res, n - 1, F_ID), NULL, 10) : 0;
+    bool was_paging = p->target != NULL;
+    if (n >= r->cfg->relay_batch) {
+        /* Maybe more: page on against the same target, from last_id. */
+        if (!was_paging && (set_text(&p->target, PQgetvalue(res, 0, F_TARGET)) ||
+                            set_text(&p->target_horizon, PQgetvalue(res, 0, F_TARGET_HORIZON))))
+            rc = PAYQ_ERR_NOMEM;
+        p->through = last_id;
+    } else {
+        /* The target's whole difference is published: it is the position. */
+        if (set_text(&p->snapshot, PQgetvalue(res, 0, F_TARGET)) ||
+            set_text(&p->horizon, PQgetvalue(res, 0, F_TARGET_HORIZON)))
+            rc = PAYQ_ERR_NOMEM;
+        if (was_paging && p->through > p->max_id)
+            p->max_id = p->through;
+        if (last_id > p->max_id)
+            p->max_id = last_id;
+        set_text(&p->target, NULL);
+        set_text(&p->target_horizon, NULL);
+        p->through = 0;
     }
-    const char *mark[1] = { ids };
-    PGresult *up = PQexecParams(c, MARK_SQL, 1, NULL, mark, NULL, NULL, 0);
-    if (PQresultStatus(up) != PGRES_COMMAND_OK) {
-        rc = db_fail(r->db, up);
-        log_error("relay: %d event(s) were published but could not be marked (%s); they will "
-                  "be published again",
+    /* An empty round that was not paging changes nothing a successor needs
+     * (the rows visible in the new snapshot are those visible in the old):
+     * it moves on in memory only, so an idle relay writes nothing. */
+    if (rc == PAYQ_OK && (n > 0 || was_paging) && (rc = position_save(r)) != PAYQ_OK)
+        log_error("relay: %d event(s) were published but the position could not be saved (%s); "
+                  "they will be published again",
                   n, db_error(r->db));
-        goto out;
+    if (rc == PAYQ_OK && n > 0) {
+        *count = n;
+        metrics_outbox_published(n);
+        log_debug("relay: published %d event(s), outbox ids %s..%lld, in %lld ms", n,
+                  PQgetvalue(res, 0, F_ID), last_id, now_ms() - t0);
     }
-    PQclear(up);
-    *count = n;
-    metrics_outbox_published(n);
     if (n < r->cfg->relay_batch)
         metrics_outbox_lag_clear(); /* caught up (the next look says if more came) */
-    log_debug("relay: published %d event(s), outbox ids %s..%s, in %lld ms", n,
-              PQgetvalue(res, 0, F_ID), PQgetvalue(res, n - 1, F_ID), now_ms() - t0);
-out:
-    free(ids);
     PQclear(res);
     return rc;
 }

@@ -4,11 +4,14 @@
  * A saga step writes its events to payq.outbox in the same transaction as
  * the state change (payq.emit), so an event exists if and only if its change
  * committed (DESIGN.md invariant 8). The relay moves those rows to the
- * payq.events exchange: it publishes the unpublished rows in id order with
- * publisher confirms and marks them published only after the broker
- * confirmed them. Delivery is at least once: a crash between the confirm and
- * the UPDATE publishes the same events again, and consumers drop the
- * duplicates by message_id (= event_id).
+ * payq.events exchange: it keeps a position in payq.relay_position, a
+ * database snapshot whose visible outbox rows are all published, and each
+ * round publishes the rows a newer snapshot sees and that one did not, in id
+ * order, with publisher confirms, then records the newer snapshot (sql/015
+ * explains why nothing is skipped and how a backlog is paged through). Rows
+ * are never updated. Delivery is at least once: a crash between the confirm
+ * and the position's UPDATE publishes the same events again, and consumers
+ * drop the duplicates by message_id (= event_id).
  *
  * Leader election: every payq-worker process runs one relay thread, but only
  * the one whose PostgreSQL session holds the session-level advisory lock

@@ -499,8 +499,8 @@ static void wait_settled(void)
     char like[128];
     snprintf(like, sizeof like, "%s-%%", run.prefix);
     while (quiet < 3) {
-        long long unpublished = count_of("SELECT count(*) FROM payq.outbox WHERE"
-                                         " published_at IS NULL AND body->>'id' LIKE $1",
+        long long unpublished = count_of("SELECT count(*) FROM payq.outbox_unpublished()"
+                                         " WHERE body->>'id' LIKE $1",
                                          like);
         long long q = queued();
         quiet = unpublished == 0 && q == 0 ? quiet + 1 : 0;
@@ -793,7 +793,7 @@ static void verify_events(char *line, size_t len)
         if (i == 0 || strcmp(seen[i], seen[i - 1]) != 0)
             unique++;
 
-    r = rows("SELECT event_id::text, published_at IS NOT NULL FROM payq.outbox"
+    r = rows("SELECT event_id::text, payq.outbox_published(xid, id) FROM payq.outbox"
              " WHERE body->>'id' LIKE $1",
              1, params);
     int missing = 0, unpublished = 0;

@@ -1,7 +1,8 @@
 /*
  * test_relay.c - the transactional outbox, end to end: commands applied by
  * the real worker produce events on payq.events, with the contract's
- * properties, in order per payment, each outbox row marked published; a
+ * properties, in order per payment, the relay's position past each outbox
+ * row; a
  * worker started after rows were written publishes them (catch-up, not only
  * on NOTIFY); and with two workers exactly one relay leads, the other takes
  * over when the leader dies.
@@ -302,8 +303,8 @@ static json_t *pay(const char *payment_id, long long amount, const char *src, co
 static int64_t unpublished(const char *id_prefix)
 {
     const char *p[1] = { id_prefix };
-    return h_int("SELECT count(*) FROM payq.outbox"
-                 " WHERE starts_with(body->>'id', $1) AND published_at IS NULL",
+    return h_int("SELECT count(*) FROM payq.outbox_unpublished()"
+                 " WHERE starts_with(body->>'id', $1)",
                  1, p);
 }
 
@@ -414,7 +415,8 @@ static int teardown(void **state)
 }
 
 /* Commands through the worker: every event arrives with the contract's
- * properties, a payment's events in version order, every row marked. */
+ * properties, a payment's events in version order, every row behind the
+ * relay's position. */
 static void test_events_from_commands(void **state)
 {
     (void)state;
@@ -472,8 +474,8 @@ static void test_events_from_commands(void **state)
         assert_string_equal(arrival_order(payments[i]), want);
     }
 
-    /* Every row of this test is marked published, and every one of them
-     * arrived. */
+    /* Every row of this test is behind the relay's position, and every one
+     * of them arrived. */
     assert_int_equal(wait_published(prefix, 5000), 0);
     const char *p[1] = { prefix };
     int64_t rows =
@@ -498,7 +500,8 @@ static void test_events_from_commands(void **state)
 }
 
 /* Rows written while no worker runs are published by the next one at
- * start (their NOTIFY went to nobody), in id order, across several batches. */
+ * start (their NOTIFY went to nobody), in id order, across several pages;
+ * a transaction that commits after them is published too. */
 static void test_catch_up_after_restart(void **state)
 {
     (void)state;
@@ -506,6 +509,19 @@ static void test_catch_up_after_restart(void **state)
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 
     const char *cu = h_id("cu-");
+    /* A transaction that writes its event before the others and commits
+     * only after the relay published them (its id is smaller than theirs):
+     * published then, not skipped. */
+    PGconn *late_db = PQconnectdb(getenv("DATABASE_URL"));
+    assert_int_equal(PQstatus(late_db), CONNECTION_OK);
+    const char *late = h_id("late-cu");
+    const char *lp[1] = { late };
+    PQclear(PQexec(late_db, "BEGIN"));
+    PGresult *lr = PQexecParams(late_db, "SELECT payq.emit('test.event', $1, NULL, '{}'::jsonb)",
+                                1, NULL, lp, NULL, NULL, 0);
+    assert_int_equal(PQresultStatus(lr), PGRES_TUPLES_OK);
+    PQclear(lr);
+
     char ids[5][128];
     for (int i = 0; i < 5; i++) {
         snprintf(ids[i], sizeof ids[i], "%s%d", cu, i);
@@ -527,6 +543,20 @@ static void test_catch_up_after_restart(void **state)
         check_event(events_wait("test.event", ids[i], 10000), "test.event", ids[i],
                     i == 2 ? h_id("corr-cu") : NULL);
     assert_int_equal(wait_published(cu, 5000), 0);
+    /* Paged through in batches of 2, the backlog is done: no target left. */
+    assert_int_equal(h_int("SELECT count(*) FROM payq.relay_position WHERE target IS NULL", 0,
+                           NULL),
+                     1);
+    events_pump(500);
+    assert_null(events_find("test.event", late));
+    lr = PQexec(late_db, "COMMIT");
+    assert_int_equal(PQresultStatus(lr), PGRES_COMMAND_OK);
+    PQclear(lr);
+    PQfinish(late_db);
+    check_event(events_wait("test.event", late, 10000), "test.event", late, NULL);
+    assert_true(h_int("SELECT id FROM payq.outbox WHERE body->>'id' = $1", 1, lp) <
+                h_int("SELECT max(id) FROM payq.outbox WHERE starts_with(body->>'id', $1)", 1,
+                      (const char *const[]){ cu }));
 
     /* In outbox id order. */
     int last = -1;

@@ -93,7 +93,7 @@ static void test_counter_text(void **state)
     metrics_outbox_published(4);
     assert_family("payq_outbox_published_total",
                   "# HELP payq_outbox_published_total Outbox events published with a confirm "
-                  "and marked published.\n"
+                  "(the relay position moved past them).\n"
                   "# TYPE payq_outbox_published_total counter\n"
                   "payq_outbox_published_total 7\n");
 }
