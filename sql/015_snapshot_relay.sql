@@ -24,12 +24,13 @@
 -- (one forgotten BEGIN in psql would stretch that range over every row
 -- since) and paging through a backlog in id order without sorting it all
 -- again for each page: the position also keeps
---   horizon  an xid no transaction had yet when S was taken (the relay takes
---            one with pg_current_xact_id() right after the snapshot), and
+--   horizon  an xid no transaction had yet when S was taken (the xid of the
+--            transaction that saves the position, which begins after S), and
 --   max_id   the largest id visible in S.
--- A transaction whose xid is >= horizon started after S, and its rows have
--- ids greater than max_id (an outbox id is drawn only once its transaction
--- has an xid; see the id default below). So the rows not visible in S are
+-- A transaction whose xid is >= horizon got it after S was taken, so its
+-- rows have ids greater than max_id (an outbox id is drawn only once its
+-- transaction has an xid; see the id default below). So the rows not
+-- visible in S are
 --   1. those of the few transactions with an xid below horizon that S did not
 --      see committed (in xip, or in [xmax, horizon)): found through the xid
 --      index, whatever their id; and
@@ -91,19 +92,23 @@ SELECT format('%s:%s:%s', least(pg_snapshot_xmin(q.s)::text::bigint, q.me), q.xm
 
 -- The outbox rows visible in p_target (NULL: the caller's snapshot) and not
 -- in p_snapshot, with id > p_through, in id order, at most p_limit (NULL:
--- all). The relay's page; EXECUTE plans each call with its values, so the
--- planner sees the real ranges.
+-- all). The relay's page. EXECUTE plans each call with its values, so the
+-- planner sees the real ranges (and a plain SQL function, inlined into the
+-- relay's statement, cost several times as much to plan).
 CREATE FUNCTION payq.outbox_after(p_snapshot pg_snapshot, p_horizon xid8, p_max_id bigint,
                                   p_target pg_snapshot, p_through bigint, p_limit integer)
 RETURNS SETOF payq.outbox
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN QUERY EXECUTE
+        -- 1. transactions with an xid below the horizon that p_snapshot did
+        --    not see committed, by xid, whatever their ids
         '(SELECT * FROM payq.outbox'
         '  WHERE (xid = ANY ($1) OR (xid >= $2 AND xid < $3)) AND id > $5'
         '    AND pg_visible_in_snapshot(xid, $6)'
         '  ORDER BY id LIMIT $7)'
         ' UNION ALL '
+        -- 2. later transactions: all their ids are above p_max_id
         '(SELECT * FROM payq.outbox'
         '  WHERE xid >= $3 AND id > greatest($4, $5)'
         '    AND pg_visible_in_snapshot(xid, $6)'

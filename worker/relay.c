@@ -37,25 +37,21 @@
 
 /*
  * One page of the outbox (sql/015): the rows visible in the target snapshot
- * and not in the position's, with id > $6, in id order, at most $7. With no
- * target ($4 NULL) the target is this statement's snapshot, and the xid it
- * assigns the relay's transaction, taken after that snapshot, is the target's
- * horizon. The first two columns carry target and horizon, also when the
- * page is empty (a single row of NULLs from the outer join).
+ * and not in the position's, with id > $5, in id order, at most $6. With no
+ * target ($4 NULL) the target is this statement's snapshot. The first column
+ * carries the target, also when the page is empty (a single row of NULLs
+ * from the outer join).
  */
 static const char PAGE_SQL[] =
-    "SELECT t.s::text, t.n::text, o.id, o.event_id, o.routing_key, o.body::text,"
-    "       o.correlation_id, floor(extract(epoch FROM o.created_at))::bigint,"
+    "SELECT t.s::text, o.id, o.event_id, o.routing_key, o.body::text, o.correlation_id,"
+    "       floor(extract(epoch FROM o.created_at))::bigint,"
     "       extract(epoch FROM now() - o.created_at)::float8"
-    "  FROM (SELECT COALESCE($4::pg_snapshot, pg_current_snapshot()) AS s,"
-    "               CASE WHEN $4::pg_snapshot IS NULL THEN pg_current_xact_id()"
-    "                    ELSE $5::xid8 END AS n) t"
+    "  FROM (SELECT COALESCE($4::pg_snapshot, pg_current_snapshot()) AS s) t"
     "  LEFT JOIN LATERAL payq.outbox_after($1::pg_snapshot, $2::xid8, $3::bigint, t.s,"
-    "                                      $6::bigint, $7::integer) o ON true"
+    "                                      $5::bigint, $6::integer) o ON true"
     " ORDER BY o.id";
 enum {
     F_TARGET,
-    F_TARGET_HORIZON,
     F_ID,
     F_EVENT_ID,
     F_ROUTING_KEY,
@@ -69,10 +65,17 @@ static const char LOAD_SQL[] =
     "SELECT snapshot::text, horizon::text, max_id, target::text, target_horizon::text,"
     "       through_id FROM payq.relay_position";
 
+/* A horizon not known yet ($2 or $5 NULL: the snapshot was taken this
+ * round) is this transaction's xid: it began after the snapshot was taken,
+ * so no transaction had an xid as high then. */
 static const char SAVE_SQL[] =
-    "UPDATE payq.relay_position SET snapshot = $1::pg_snapshot, horizon = $2::xid8,"
-    "       max_id = $3::bigint, target = $4::pg_snapshot, target_horizon = $5::xid8,"
-    "       through_id = $6::bigint, updated_at = now()";
+    "UPDATE payq.relay_position SET snapshot = $1::pg_snapshot,"
+    "       horizon = COALESCE($2::xid8, pg_current_xact_id()), max_id = $3::bigint,"
+    "       target = $4::pg_snapshot,"
+    "       target_horizon = CASE WHEN $4::pg_snapshot IS NOT NULL"
+    "                             THEN COALESCE($5::xid8, pg_current_xact_id()) END,"
+    "       through_id = $6::bigint, updated_at = now()"
+    " RETURNING horizon::text, target_horizon::text";
 
 /*
  * What has been published (payq.relay_position, sql/015): every outbox row
@@ -82,10 +85,10 @@ static const char SAVE_SQL[] =
  */
 struct position {
     char *snapshot;       /* pg_snapshot as text */
-    char *horizon;        /* xid8 as text */
+    char *horizon;        /* xid8 as text; NULL until saved when snapshot is new */
     long long max_id;     /* the largest id visible in snapshot */
     char *target;         /* NULL unless a backlog is being paged through */
-    char *target_horizon; /* with target */
+    char *target_horizon; /* with target; NULL until saved when target is new */
     long long through;    /* with target: the last id published of it */
 };
 
@@ -179,21 +182,24 @@ static int position_load(struct relay *r)
     return rc;
 }
 
-/* Records r->pos; once it commits, what it covers is never published again
- * (short of restoring the database). */
+/* Records r->pos (and learns the horizons it set); once it commits, what it
+ * covers is never published again (short of restoring the database). */
 static int position_save(struct relay *r)
 {
-    const struct position *p = &r->pos;
+    struct position *p = &r->pos;
     char max_id[24], through[24];
     snprintf(max_id, sizeof max_id, "%lld", p->max_id);
     snprintf(through, sizeof through, "%lld", p->through);
     const char *params[6] = { p->snapshot, p->horizon,        max_id,
                               p->target,   p->target_horizon, p->target ? through : NULL };
     PGresult *res = PQexecParams(db_conn(r->db), SAVE_SQL, 6, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK || strcmp(PQcmdTuples(res), "1") != 0)
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
         return db_fail(r->db, res);
+    int rc = set_text(&p->horizon, PQgetvalue(res, 0, 0));
+    if (rc == PAYQ_OK && p->target)
+        rc = set_text(&p->target_horizon, PQgetvalue(res, 0, 1));
     PQclear(res);
-    return PAYQ_OK;
+    return rc;
 }
 
 static void disconnect(struct relay *r)
@@ -343,10 +349,9 @@ static int relay_batch(struct relay *r, int *count)
     snprintf(max_id, sizeof max_id, "%lld", p->max_id);
     snprintf(through, sizeof through, "%lld", p->target ? p->through : 0);
     snprintf(limit, sizeof limit, "%ld", r->cfg->relay_batch);
-    const char *params[7] = { p->snapshot,       p->horizon, max_id, p->target,
-                              p->target_horizon, through,    limit };
+    const char *params[6] = { p->snapshot, p->horizon, max_id, p->target, through, limit };
     long long t0 = now_ms();
-    PGresult *res = PQexecParams(db_conn(r->db), PAGE_SQL, 7, NULL, params, NULL, NULL, 0);
+    PGresult *res = PQexecParams(db_conn(r->db), PAGE_SQL, 6, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) < 1)
         return db_fail(r->db, res);
     int n = PQgetisnull(res, 0, F_ID) ? 0 : PQntuples(res);
@@ -372,16 +377,22 @@ static int relay_batch(struct relay *r, int *count)
 
     long long last_id = n > 0 ? strtoll(PQgetvalue(res, n - 1, F_ID), NULL, 10) : 0;
     bool was_paging = p->target != NULL;
+    if (n == 0 && !was_paging) {
+        /* Nothing new: the position stays, and an idle relay writes nothing. */
+        metrics_outbox_lag_clear();
+        PQclear(res);
+        return PAYQ_OK;
+    }
     if (n >= r->cfg->relay_batch) {
         /* Maybe more: page on against the same target, from last_id. */
         if (!was_paging && (set_text(&p->target, PQgetvalue(res, 0, F_TARGET)) ||
-                            set_text(&p->target_horizon, PQgetvalue(res, 0, F_TARGET_HORIZON))))
+                            set_text(&p->target_horizon, NULL)))
             rc = PAYQ_ERR_NOMEM;
         p->through = last_id;
     } else {
         /* The target's whole difference is published: it is the position. */
         if (set_text(&p->snapshot, PQgetvalue(res, 0, F_TARGET)) ||
-            set_text(&p->horizon, PQgetvalue(res, 0, F_TARGET_HORIZON)))
+            set_text(&p->horizon, was_paging ? p->target_horizon : NULL))
             rc = PAYQ_ERR_NOMEM;
         if (was_paging && p->through > p->max_id)
             p->max_id = p->through;
@@ -391,10 +402,7 @@ static int relay_batch(struct relay *r, int *count)
         set_text(&p->target_horizon, NULL);
         p->through = 0;
     }
-    /* An empty round that was not paging changes nothing a successor needs
-     * (the rows visible in the new snapshot are those visible in the old):
-     * it moves on in memory only, so an idle relay writes nothing. */
-    if (rc == PAYQ_OK && (n > 0 || was_paging) && (rc = position_save(r)) != PAYQ_OK)
+    if (rc == PAYQ_OK && (rc = position_save(r)) != PAYQ_OK)
         log_error("relay: %d event(s) were published but the position could not be saved (%s); "
                   "they will be published again",
                   n, db_error(r->db));
