@@ -12,9 +12,9 @@
 -- in id order, then records T. Rows are never updated.
 --
 -- Nothing is skipped, however late a transaction commits: a row not visible
--- in S belongs to a transaction that S saw in progress (S's xip list) or
--- that started after S (xid >= S's xmax), and it is in the difference of the
--- first snapshot that sees it committed. Order per payment is kept: a later
+-- in S belongs to a transaction that had not committed when S was taken (S
+-- lists it as in progress, or its xid is at or above S's xmax), and it is in
+-- the difference of the first snapshot that sees it committed. Order per payment is kept: a later
 -- event of a payment is written by a transaction that waited for the earlier
 -- one's row lock, so it committed after it, and every snapshot that sees the
 -- later event sees the earlier one; within one difference, id order is the
