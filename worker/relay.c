@@ -151,21 +151,29 @@ static void position_clear(struct position *p)
     memset(p, 0, sizeof *p);
 }
 
+/* A query on payq.relay_position that should have returned its one row:
+ * PAYQ_OK if it did, else the error (res is cleared then). */
+static int one_position_row(struct relay *r, PGresult *res)
+{
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return db_fail(r->db, res);
+    if (PQntuples(res) == 1)
+        return PAYQ_OK;
+    PQclear(res);
+    log_error("relay: payq.relay_position has no row (migration 015_snapshot_relay.sql writes "
+              "it, and it must never be deleted)");
+    return PAYQ_ERR_DB;
+}
+
 /* Reads the position the last leader saved. */
 static int position_load(struct relay *r)
 {
     PGresult *res = PQexec(db_conn(r->db), LOAD_SQL);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return db_fail(r->db, res);
-    if (PQntuples(res) != 1) {
-        PQclear(res);
-        log_error("relay: payq.relay_position has no row (it is written by migration "
-                  "015_snapshot_relay.sql and must never be deleted)");
-        return PAYQ_ERR_DB;
-    }
+    int rc = one_position_row(r, res);
+    if (rc != PAYQ_OK)
+        return rc;
     struct position *p = &r->pos;
     position_clear(p);
-    int rc = PAYQ_OK;
     const char *v[6];
     for (int i = 0; i < 6; i++)
         v[i] = PQgetisnull(res, 0, i) ? NULL : PQgetvalue(res, 0, i);
@@ -193,9 +201,10 @@ static int position_save(struct relay *r)
     const char *params[6] = { p->snapshot, p->horizon,        max_id,
                               p->target,   p->target_horizon, p->target ? through : NULL };
     PGresult *res = PQexecParams(db_conn(r->db), SAVE_SQL, 6, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
-        return db_fail(r->db, res);
-    int rc = set_text(&p->horizon, PQgetvalue(res, 0, 0));
+    int rc = one_position_row(r, res);
+    if (rc != PAYQ_OK)
+        return rc;
+    rc = set_text(&p->horizon, PQgetvalue(res, 0, 0));
     if (rc == PAYQ_OK && p->target)
         rc = set_text(&p->target_horizon, PQgetvalue(res, 0, 1));
     PQclear(res);
