@@ -228,25 +228,66 @@ static void test_pages_against_a_target(void **state)
     assert_string_equal(round_from(&p), "");
 }
 
-/* payq.outbox_unpublished() and payq.outbox_published() against the relay's
- * own position: a committed row no relay has published yet is listed and
- * not published; an uncommitted one is not listed. */
-static void test_unpublished_view(void **state)
+/* The id of this run's row `name`. */
+static const char *id_of(const char *name)
+{
+    static char id[24];
+    const char *n[1] = { h_id(name) };
+    snprintf(id, sizeof id, "%lld",
+             (long long)h_int("SELECT id FROM payq.outbox WHERE body->>'id' = $1", 1, n));
+    return id;
+}
+
+/* payq.outbox_published(xid, id) of this run's row `name`, 0 or 1. */
+static int64_t published(const char *name)
+{
+    const char *n[1] = { h_id(name) };
+    return h_int("SELECT payq.outbox_published(xid, id)::int FROM payq.outbox"
+                 " WHERE body->>'id' = $1",
+                 1, n);
+}
+
+/*
+ * payq.outbox_published() and payq.outbox_unpublished() in each state a row
+ * can be in, against a relay position set here inside a transaction that is
+ * rolled back (no relay runs during this test): visible in the position's
+ * snapshot; in the target up to through_id; in the target past it; after
+ * the target; and not committed at all.
+ */
+static void test_published_and_unpublished(void **state)
 {
     (void)state;
     PQclear(run(other, "BEGIN", 0, NULL));
-    emit_on(other, "view-open");
-    emit_on(h_db(), "view-committed");
-    const char *c[1] = { h_id("view-committed") };
-    const char *o[1] = { h_id("view-open") };
-    assert_int_equal(
-        h_int("SELECT count(*) FROM payq.outbox_unpublished() WHERE body->>'id' = $1", 1, c), 1);
-    assert_int_equal(
-        h_int("SELECT count(*) FROM payq.outbox_unpublished() WHERE body->>'id' = $1", 1, o), 0);
-    assert_int_equal(h_int("SELECT payq.outbox_published(xid, id)::int FROM payq.outbox"
-                           " WHERE body->>'id' = $1",
-                           1, c),
-                     0);
+    emit_on(other, "st-open");
+    emit_on(h_db(), "st-before");
+    struct pos s = now_position();
+    emit_on(h_db(), "st-through");
+    emit_on(h_db(), "st-past");
+    struct pos t = now_position();
+    emit_on(h_db(), "st-after");
+
+    char max_id[24], through[24];
+    snprintf(max_id, sizeof max_id, "%lld", s.max_id);
+    snprintf(through, sizeof through, "%s", id_of("st-through"));
+    const char *params[6] = { s.snapshot, s.horizon, max_id, t.snapshot, t.horizon, through };
+    PQclear(run(h_db(), "BEGIN", 0, NULL));
+    PQclear(run(h_db(),
+                "UPDATE payq.relay_position SET snapshot = $1::pg_snapshot, horizon = $2::xid8,"
+                "       max_id = $3::bigint, target = $4::pg_snapshot, target_horizon = $5::xid8,"
+                "       through_id = $6::bigint",
+                6, params));
+    assert_int_equal(published("st-before"), 1);
+    assert_int_equal(published("st-through"), 1);
+    assert_int_equal(published("st-past"), 0);
+    assert_int_equal(published("st-after"), 0);
+    const char *pre[1] = { h_id("st-") };
+    assert_string_equal(
+        h_text("SELECT COALESCE(string_agg(substr(body->>'id', length($1) + 1),"
+               "                           ',' ORDER BY id), '')"
+               "  FROM payq.outbox_unpublished() WHERE starts_with(body->>'id', $1)",
+               1, pre),
+        "past,after");
+    PQclear(run(h_db(), "ROLLBACK", 0, NULL));
     PQclear(run(other, "ROLLBACK", 0, NULL));
 }
 
@@ -256,7 +297,7 @@ int main(void)
         cmocka_unit_test(test_late_commit_is_published),
         cmocka_unit_test(test_xid_above_xmax_is_published),
         cmocka_unit_test(test_pages_against_a_target),
-        cmocka_unit_test(test_unpublished_view),
+        cmocka_unit_test(test_published_and_unpublished),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
