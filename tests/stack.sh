@@ -536,10 +536,15 @@ SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', :'user', :'pass')
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'user') \gexec
 SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', :'user', :'pass') \gexec
 EOF
-    pg_psql -d postgres -v db="$DB_NAME" -v user="$USER_NAME" <<'EOF'
+    # Beside it, payq_scratch: for tests that must start from an empty schema
+    # (test_upgrade migrates an earlier version's schema there).
+    local db
+    for db in "$DB_NAME" "${DB_NAME}_scratch"; do
+        pg_psql -d postgres -v db="$db" -v user="$USER_NAME" <<'EOF'
 SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'user')
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'db') \gexec
 EOF
+    done
     # The least-privilege runtime role (password payq_worker, development
     # only): the migrations grant it what a worker needs and no more (see
     # sql/008_worker_role.sql); payq, the owner, runs the migrations.

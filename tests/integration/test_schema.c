@@ -193,7 +193,14 @@ static void test_append_only(void **state)
     assert_string_equal(h_exec("TRUNCATE payq.ledger_entries CASCADE", 0, NULL), "42501");
     assert_string_equal(h_exec("DELETE FROM payq.postings WHERE ref = $1 || '-fund'", 1, p),
                         "42501");
-    assert_string_equal(h_exec("DELETE FROM payq.payment_events", 0, NULL), "42501");
+    /* The event store: the outbox (sql/016), the events stored before it,
+     * and the view over both, which no statement can write through. */
+    assert_string_equal(h_exec("DELETE FROM payq.outbox WHERE false", 0, NULL), "42501");
+    assert_string_equal(h_exec("UPDATE payq.outbox SET body = body WHERE false", 0, NULL),
+                        "42501");
+    assert_string_equal(h_exec("TRUNCATE payq.outbox", 0, NULL), "42501");
+    assert_string_equal(h_exec("DELETE FROM payq.payment_events_archive", 0, NULL), "42501");
+    assert_string_not_equal(h_exec("DELETE FROM payq.payment_events", 0, NULL), "");
     assert_int_equal(h_balance(c), 100);
 }
 
@@ -232,10 +239,13 @@ static void test_references_per_statement(void **state)
                         "");
     assert_int_equal(h_balance(c), 95);
 
+    /* Events of no payment (an account's) and of a known payment pass; one
+     * of an unknown payment fails the whole statement. */
     const char *e[1] = { h_id("r-no-such-payment") };
-    assert_string_equal(h_exec("INSERT INTO payq.payment_events (payment_id, version, event_id,"
-                               "                                 type, data)"
-                               " VALUES ($1, 1, gen_random_uuid(), 'payment.created', '{}')",
+    assert_string_equal(h_exec("INSERT INTO payq.outbox (event_id, routing_key, body, payment_id,"
+                               "                         version)"
+                               " VALUES (gen_random_uuid(), 'account.opened', '{}', NULL, NULL),"
+                               "        (gen_random_uuid(), 'payment.created', '{}', $1, 1)",
                                1, e),
                         "23503");
     assert_int_equal(h_int("SELECT count(*) FROM payq.payment_events WHERE payment_id = $1", 1, e),
@@ -247,6 +257,101 @@ static void test_references_per_statement(void **state)
     assert_string_equal(h_exec("DELETE FROM payq.payments WHERE false", 0, NULL), "42501");
     assert_string_equal(h_exec("TRUNCATE payq.payments CASCADE", 0, NULL), "42501");
     assert_int_equal(h_int("SELECT count(*) FROM payq.accounts WHERE id IN ($1, $2)", 2, p), 2);
+}
+
+/* Applies one command the way a worker's transaction does (its body made
+ * from fmt) and checks the reply's status. */
+static void apply_command(const char *command, const char *status, const char *fmt, ...)
+{
+    char body[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(body, sizeof body, fmt, ap);
+    va_end(ap);
+    const char *p[2] = { command, body };
+    assert_string_equal(h_text("SELECT payq.apply_command(NULL, NULL, $1, $2::jsonb, NULL)"
+                               "         #>> '{reply,status}'",
+                               2, p),
+                        status);
+}
+
+/* A payment event is written once (sql/016): its outbox row, carrying the
+ * payment and the version, is its entry in payq.payment_events; an event of
+ * no payment is published but is no payment's history; one version per
+ * payment, and a payment's events carry both or neither. */
+static void test_event_written_once(void **state)
+{
+    (void)state;
+    const char *c = h_id("e-cust"), *m = h_id("e-merch"), *pay = h_id("e-pay");
+    apply_command("account.open", "succeeded",
+                  "{\"account\": \"%s\", \"currency\": \"USD\", \"kind\": \"customer\"}", c);
+    apply_command("account.open", "succeeded",
+                  "{\"account\": \"%s\", \"currency\": \"USD\", \"kind\": \"merchant\"}", m);
+    apply_command("account.deposit", "succeeded",
+                  "{\"deposit_id\": \"%s-d\", \"account\": \"%s\", \"amount\": 500,"
+                  " \"currency\": \"USD\"}",
+                  c, c);
+    /* Through the set-based path (sql/009) ... */
+    char batch[512];
+    snprintf(batch, sizeof batch,
+             "[{\"command\": \"payment.create\", \"body\": {\"payment_id\": \"%s\","
+             " \"amount\": 100, \"currency\": \"USD\", \"source\": \"%s\","
+             " \"destination\": \"%s\", \"capture\": true}}]",
+             pay, c, m);
+    const char *b[1] = { batch };
+    assert_string_equal(h_text("SELECT payq.apply_wallet_payments($1::jsonb)"
+                               "         #>> '{1,reply,status}'",
+                               1, b),
+                        "succeeded");
+    /* ... and through payq.emit() (a refund, command by command). */
+    apply_command("payment.refund", "succeeded",
+                  "{\"refund_id\": \"%s-r\", \"payment_id\": \"%s\", \"amount\": 40}", pay, pay);
+    assert_int_equal(h_balance(c), 440);
+
+    const char *q[1] = { pay };
+    assert_string_equal(h_text("SELECT string_agg(type || ' v' || version, ',' ORDER BY version)"
+                               "  FROM payq.payment_events WHERE payment_id = $1",
+                               1, q),
+                        "payment.succeeded v1,refund.succeeded v2");
+    /* Each is one outbox row, with the same event id, body and type. */
+    assert_int_equal(
+        h_int("SELECT count(*) FROM payq.payment_events e"
+              "  JOIN payq.outbox o ON o.event_id = e.event_id"
+              " WHERE e.payment_id = $1 AND o.payment_id = e.payment_id"
+              "   AND o.version = e.version AND o.body = e.data"
+              "   AND o.routing_key = e.type AND o.body->>'event_id' = e.event_id::text",
+              1, q),
+        2);
+    assert_int_equal(h_int("SELECT count(*) FROM payq.outbox"
+                           " WHERE body->>'id' = $1 OR body->>'payment_id' = $1",
+                           1, q),
+                     2);
+    assert_int_equal(h_int("SELECT count(*) FROM payq.payment_events_archive"
+                           " WHERE payment_id = $1",
+                           1, q),
+                     0);
+    /* The account's events are published and are no payment's history. */
+    const char *a[1] = { c };
+    assert_int_equal(h_int("SELECT count(*) FROM payq.outbox WHERE body->>'id' = $1"
+                           "   AND payment_id IS NULL AND version IS NULL",
+                           1, a),
+                     1);
+    assert_int_equal(h_int("SELECT count(*) FROM payq.payment_events WHERE data->>'id' = $1", 1, a),
+                     0);
+    /* A second event with a taken version, or a payment without a version. */
+    assert_string_equal(h_exec("INSERT INTO payq.outbox (event_id, routing_key, body, payment_id,"
+                               "                         version)"
+                               " VALUES (gen_random_uuid(), 'payment.canceled', '{}', $1, 2)",
+                               1, q),
+                        "23505");
+    assert_string_equal(h_exec("INSERT INTO payq.outbox (event_id, routing_key, body, payment_id)"
+                               " VALUES (gen_random_uuid(), 'payment.canceled', '{}', $1)",
+                               1, q),
+                        "23514");
+    assert_string_equal(h_text("SELECT status || ' ' || refunded_amount"
+                               "  FROM payq.payment_rebuild($1)",
+                               1, q),
+                        "succeeded 40");
 }
 
 /* Old message keys of finished commands are pruned; those of commands whose
@@ -319,6 +424,7 @@ int main(void)
         cmocka_unit_test(test_balances_only_through_ledger),
         cmocka_unit_test(test_append_only),
         cmocka_unit_test(test_references_per_statement),
+        cmocka_unit_test(test_event_written_once),
         cmocka_unit_test(test_inbox_pruning),
         cmocka_unit_test(test_fee_rule_matches_c),
     };

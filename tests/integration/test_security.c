@@ -280,7 +280,11 @@ static void test_postgres_worker_role(void **state)
         "ALTER TABLE payq.payments ADD COLUMN intruder int",
         "DROP TABLE payq.outbox",
         "UPDATE payq.ledger_entries SET amount = amount WHERE false",
-        "DELETE FROM payq.payment_events WHERE false",
+        "DELETE FROM payq.payment_events_archive WHERE false",
+        "UPDATE payq.outbox SET body = body WHERE false",
+        "DELETE FROM payq.outbox WHERE false",
+        "INSERT INTO payq.payment_events_archive SELECT * FROM payq.payment_events_archive"
+        " WHERE false",
         "DELETE FROM payq.payments WHERE false",
         "TRUNCATE payq.inbox",
     };
@@ -292,6 +296,11 @@ static void test_postgres_worker_role(void **state)
                      sqlstate ? sqlstate : "ok");
         PQclear(r);
     }
+    /* Nor through the event store's view (not updatable: 55000). */
+    PGresult *view = PQexec(c, "DELETE FROM payq.payment_events WHERE false");
+    if (PQresultStatus(view) == PGRES_COMMAND_OK)
+        fail_msg("payq_worker deleted from payq.payment_events");
+    PQclear(view);
     PQfinish(c);
 
     char env_db[600];
