@@ -3,14 +3,15 @@
 --
 -- Every payment event was written twice by the same transaction: into
 -- payq.payment_events (the payment's history, versioned) and into payq.outbox
--- (what the relay publishes), with the same event id and the same body. Since
--- sql/015 outbox rows are never updated, so the outbox can keep the history
--- itself: an outbox row now carries the payment and the version of the event
+-- (what the relay publishes), with the same event id and the same body.
+-- Outbox rows are never updated since sql/015, so the outbox can keep the
+-- history itself: an outbox row now carries the payment and the version of the event
 -- it is (NULL for events of no payment: deposits, accounts), and the event
--- store is the view payq.payment_events over those rows. One heap row, two
--- index entries, one statement-level trigger run and a copy of each event's
--- JSON body fewer per payment event: in the in-database benchmark (40 batches
--- of 50 wallet payments, rolled back) XXX.
+-- store is the view payq.payment_events over those rows. One heap row, one
+-- index entry (two went, one came) and a copy of each event's JSON body fewer
+-- per payment event: in the in-database benchmark (40 batches of 50 wallet
+-- payments through payq.apply_wallet_payments, rolled back; ten runs each,
+-- alternating) 0.1475 -> 0.130 ms of CPU per payment (medians), 12% less.
 --
 -- What payq.payment_events guaranteed, the outbox now does:
 --   - append-only for every role (trigger; the worker role loses UPDATE):
@@ -28,7 +29,8 @@
 -- appended before it are read from the archive, their outbox twins keep
 -- payment_id NULL, and a payment whose history began before continues it in
 -- the outbox with the next version (payq.payments.version hands out versions
--- as before).
+-- as before). It reads the outbox through once (the new constraint and index;
+-- no existing row has a payment), with the outbox locked.
 
 ALTER TABLE payq.payment_events RENAME TO payment_events_archive;
 COMMENT ON TABLE payq.payment_events_archive IS
@@ -48,8 +50,9 @@ CREATE TRIGGER outbox_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payq.ou
     FOR EACH STATEMENT EXECUTE FUNCTION payq.append_only();
 
 -- sql/011's check that an event's payment exists, for a table where not
--- every row has a payment; one anti-join instead of an array of ids counted
--- (the in-database benchmark: ~0.9 ms -> ~0.4 ms a batch of 50).
+-- every row has a payment, as one anti-join (probing payments_pkey per new
+-- row) instead of collecting the ids into an array and counting them: in the
+-- same benchmark 0.1425 -> 0.1275 ms per payment (medians of eight).
 CREATE OR REPLACE FUNCTION payq.payment_events_payments() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
