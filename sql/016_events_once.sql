@@ -45,6 +45,10 @@ ALTER TABLE payq.outbox
     ALTER COLUMN version SET STATISTICS 10;
 CREATE UNIQUE INDEX outbox_payment_event ON payq.outbox (payment_id, version)
     WHERE payment_id IS NOT NULL;
+COMMENT ON COLUMN payq.outbox.payment_id IS
+    'The payment whose history this event belongs to (NULL: an event of no payment)';
+COMMENT ON COLUMN payq.outbox.version IS
+    'The event''s place in that history, from 1 (after the archived ones, if any)';
 
 CREATE TRIGGER outbox_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payq.outbox
     FOR EACH STATEMENT EXECUTE FUNCTION payq.append_only();
