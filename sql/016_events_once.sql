@@ -9,9 +9,11 @@
 -- it is (NULL for events of no payment: deposits, accounts), and the event
 -- store is the view payq.payment_events over those rows. One heap row, one
 -- index entry (two went, one came) and a copy of each event's JSON body fewer
--- per payment event: in the in-database benchmark (40 batches of 50 wallet
--- payments through payq.apply_wallet_payments, rolled back; ten runs each,
--- alternating) 0.1475 -> 0.130 ms of CPU per payment (medians), 12% less.
+-- per payment event. bench/batch-cpu.sql (40 batches of 50 wallet payments
+-- through payq.apply_wallet_payments, rolled back) on a database at sql/015,
+-- alternately as it is and with this file applied: 0.200 -> 0.180 ms of CPU
+-- per payment, 10% less (medians of twelve runs each; with pre-made wallets
+-- instead of its own, 0.1475 -> 0.130 ms, medians of ten).
 --
 -- What payq.payment_events guaranteed, the outbox now does:
 --   - append-only for every role (trigger; the worker role loses UPDATE):
@@ -55,8 +57,8 @@ CREATE TRIGGER outbox_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON payq.ou
 
 -- sql/011's check that an event's payment exists, for a table where not
 -- every row has a payment, as one anti-join (probing payments_pkey per new
--- row) instead of collecting the ids into an array and counting them: in the
--- same benchmark 0.1425 -> 0.1275 ms per payment (medians of eight).
+-- row) instead of collecting the ids into an array and counting them:
+-- 0.1425 -> 0.1275 ms per payment (pre-made wallets, medians of eight).
 CREATE OR REPLACE FUNCTION payq.payment_events_payments() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
