@@ -262,6 +262,9 @@ static void test_references_per_statement(void **state)
 /* Applies one command the way a worker's transaction does (its body made
  * from fmt) and checks the reply's status. */
 static void apply_command(const char *command, const char *status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void apply_command(const char *command, const char *status, const char *fmt, ...)
 {
     char body[1024];
     va_list ap;
