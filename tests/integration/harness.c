@@ -404,6 +404,33 @@ const char *h_exec(const char *sql, int n, const char *const *params)
     return state;
 }
 
+PGresult *h_run(PGconn *c, const char *sql, int n, const char *const *params)
+{
+    PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
+        fail_msg("%s\n%s", sql, PQresultErrorMessage(r));
+    return r;
+}
+
+void h_apply(PGconn *c, const char *command, const char *status, const char *fmt, ...)
+{
+    char body[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(body, sizeof body, fmt, ap);
+    va_end(ap);
+    const char *p[2] = { command, body };
+    PGresult *r = h_run(c,
+                        "SELECT payq.apply_command(NULL, NULL, $1, $2::jsonb, NULL)"
+                        "         #>> '{reply,status}'",
+                        2, p);
+    const char *got = PQgetisnull(r, 0, 0) ? "(no reply)" : PQgetvalue(r, 0, 0);
+    if (strcmp(got, status) != 0)
+        fail_msg("%s %s: %s, not %s", command, body, got, status);
+    PQclear(r);
+}
+
 int64_t h_balance(const char *account)
 {
     const char *p[1] = { account };

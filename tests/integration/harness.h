@@ -69,6 +69,14 @@ int64_t h_int(const char *sql, int nparams, const char *const *params);
 const char *h_text(const char *sql, int nparams, const char *const *params);
 /* Runs a statement; returns its SQLSTATE ("" on success). Static storage. */
 const char *h_exec(const char *sql, int nparams, const char *const *params);
+/* Runs a statement or query on connection c (a second session, another
+ * database); fails the test on error. The caller clears the result. */
+PGresult *h_run(PGconn *c, const char *sql, int nparams, const char *const *params);
+/* Applies one command on connection c the way a worker's transaction does
+ * (payq.apply_command, its body made from fmt) and fails the test unless
+ * the reply's status is `status`. */
+void h_apply(PGconn *c, const char *command, const char *status, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 /* Posted balance of an account (payq.account_balances). */
 int64_t h_balance(const char *account);
 

@@ -30,19 +30,10 @@ struct pos {
 /* A second session, for transactions held open across rounds. */
 static PGconn *other;
 
-static PGresult *run(PGconn *c, const char *sql, int n, const char *const *params)
-{
-    PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
-    ExecStatusType st = PQresultStatus(r);
-    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
-        fail_msg("%s\n%s", sql, PQresultErrorMessage(r));
-    return r;
-}
-
 static void emit_on(PGconn *c, const char *name)
 {
     const char *p[1] = { h_id(name) };
-    PQclear(run(c, "SELECT payq.emit('test.position', $1, NULL, '{}'::jsonb)", 1, p));
+    PQclear(h_run(c, "SELECT payq.emit('test.position', $1, NULL, '{}'::jsonb)", 1, p));
 }
 
 /* A position now: this statement's snapshot, an xid taken after it, and the
@@ -50,10 +41,10 @@ static void emit_on(PGconn *c, const char *name)
 static struct pos now_position(void)
 {
     struct pos p;
-    PGresult *r = run(h_db(),
-                      "SELECT pg_current_snapshot()::text, pg_current_xact_id()::text,"
-                      "       COALESCE((SELECT max(id) FROM payq.outbox), 0)",
-                      0, NULL);
+    PGresult *r = h_run(h_db(),
+                        "SELECT pg_current_snapshot()::text, pg_current_xact_id()::text,"
+                        "       COALESCE((SELECT max(id) FROM payq.outbox), 0)",
+                        0, NULL);
     snprintf(p.snapshot, sizeof p.snapshot, "%s", PQgetvalue(r, 0, 0));
     snprintf(p.horizon, sizeof p.horizon, "%s", PQgetvalue(r, 0, 1));
     p.max_id = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
@@ -73,15 +64,15 @@ static const char *round_from(struct pos *p)
     snprintf(max_id, sizeof max_id, "%lld", p->max_id);
     const char *params[4] = { p->snapshot, p->horizon, max_id, h_id("") };
     PGresult *r =
-        run(h_db(),
-            "SELECT t.s::text, t.n::text, max(o.id),"
-            "       string_agg(substr(o.body->>'id', length($4) + 1), ','"
-            "                  ORDER BY o.id) FILTER (WHERE starts_with(o.body->>'id', $4))"
-            "  FROM (SELECT pg_current_snapshot() AS s, pg_current_xact_id() AS n) t"
-            "  LEFT JOIN LATERAL payq.outbox_after($1::pg_snapshot, $2::xid8, $3::bigint,"
-            "                                      t.s, 0, NULL) o ON true"
-            " GROUP BY 1, 2",
-            4, params);
+        h_run(h_db(),
+              "SELECT t.s::text, t.n::text, max(o.id),"
+              "       string_agg(substr(o.body->>'id', length($4) + 1), ','"
+              "                  ORDER BY o.id) FILTER (WHERE starts_with(o.body->>'id', $4))"
+              "  FROM (SELECT pg_current_snapshot() AS s, pg_current_xact_id() AS n) t"
+              "  LEFT JOIN LATERAL payq.outbox_after($1::pg_snapshot, $2::xid8, $3::bigint,"
+              "                                      t.s, 0, NULL) o ON true"
+              " GROUP BY 1, 2",
+              4, params);
     assert_int_equal(PQntuples(r), 1);
     snprintf(p->snapshot, sizeof p->snapshot, "%s", PQgetvalue(r, 0, 0));
     snprintf(p->horizon, sizeof p->horizon, "%s", PQgetvalue(r, 0, 1));
@@ -119,13 +110,13 @@ static void test_late_commit_is_published(void **state)
 {
     (void)state;
     struct pos p = now_position();
-    PQclear(run(other, "BEGIN", 0, NULL));
+    PQclear(h_run(other, "BEGIN", 0, NULL));
     emit_on(other, "late");
     emit_on(h_db(), "early-1");
     emit_on(h_db(), "early-2");
     assert_string_equal(round_from(&p), "early-1,early-2");
     assert_string_equal(round_from(&p), "");
-    PQclear(run(other, "COMMIT", 0, NULL));
+    PQclear(h_run(other, "COMMIT", 0, NULL));
     /* behind the position's largest id: an id watermark would skip it */
     const char *n[1] = { h_id("late") };
     assert_true(h_int("SELECT id FROM payq.outbox WHERE body->>'id' = $1", 1, n) < p.max_id);
@@ -146,9 +137,9 @@ static void test_xid_above_xmax_is_published(void **state)
 {
     (void)state;
     struct pos p = now_position();
-    PQclear(run(other, "BEGIN", 0, NULL));
+    PQclear(h_run(other, "BEGIN", 0, NULL));
     emit_on(other, "above");
-    PGresult *r = run(other, "SELECT pg_current_xact_id()::text", 0, NULL);
+    PGresult *r = h_run(other, "SELECT pg_current_xact_id()::text", 0, NULL);
     char xid[32];
     snprintf(xid, sizeof xid, "%s", PQgetvalue(r, 0, 0));
     PQclear(r);
@@ -157,7 +148,7 @@ static void test_xid_above_xmax_is_published(void **state)
     if (h_int("SELECT ($1::xid8 >= pg_snapshot_xmax($2::pg_snapshot))::int", 2, q) != 1)
         print_message("another session committed meanwhile: the open xid is in the snapshot's "
                       "in-progress list, not above its xmax (this run tests the list)\n");
-    PQclear(run(other, "COMMIT", 0, NULL));
+    PQclear(h_run(other, "COMMIT", 0, NULL));
     emit_on(h_db(), "after");
     assert_string_equal(round_from(&p), "above,after");
     assert_string_equal(round_from(&p), "");
@@ -169,7 +160,7 @@ static void test_pages_against_a_target(void **state)
 {
     (void)state;
     struct pos p = now_position();
-    PQclear(run(other, "BEGIN", 0, NULL));
+    PQclear(h_run(other, "BEGIN", 0, NULL));
     emit_on(other, "open");
     for (int i = 0; i < 7; i++) {
         char name[16];
@@ -177,25 +168,25 @@ static void test_pages_against_a_target(void **state)
         emit_on(h_db(), name);
     }
     PGresult *r =
-        run(h_db(), "SELECT pg_current_snapshot()::text, pg_current_xact_id()::text", 0, NULL);
+        h_run(h_db(), "SELECT pg_current_snapshot()::text, pg_current_xact_id()::text", 0, NULL);
     char target[4096], target_horizon[32];
     snprintf(target, sizeof target, "%s", PQgetvalue(r, 0, 0));
     snprintf(target_horizon, sizeof target_horizon, "%s", PQgetvalue(r, 0, 1));
     PQclear(r);
     emit_on(h_db(), "newer");
-    PQclear(run(other, "COMMIT", 0, NULL)); /* after the target: not in it */
+    PQclear(h_run(other, "COMMIT", 0, NULL)); /* after the target: not in it */
 
     char max_id[24], through[24] = "0", got[4096] = "";
     snprintf(max_id, sizeof max_id, "%lld", p.max_id);
     for (int page = 0; page < 5; page++) {
         const char *params[6] = { p.snapshot, p.horizon, max_id, target, through, h_id("") };
-        r = run(h_db(),
-                "SELECT max(id), count(*),"
-                "       string_agg(substr(body->>'id', length($6) + 1), ',' ORDER BY id)"
-                "         FILTER (WHERE starts_with(body->>'id', $6))"
-                "  FROM payq.outbox_after($1::pg_snapshot, $2::xid8, $3::bigint,"
-                "                         $4::pg_snapshot, $5::bigint, 3)",
-                6, params);
+        r = h_run(h_db(),
+                  "SELECT max(id), count(*),"
+                  "       string_agg(substr(body->>'id', length($6) + 1), ',' ORDER BY id)"
+                  "         FILTER (WHERE starts_with(body->>'id', $6))"
+                  "  FROM payq.outbox_after($1::pg_snapshot, $2::xid8, $3::bigint,"
+                  "                         $4::pg_snapshot, $5::bigint, 3)",
+                  6, params);
         long long n = strtoll(PQgetvalue(r, 0, 1), NULL, 10);
         if (!PQgetisnull(r, 0, 2))
             snprintf(got + strlen(got), sizeof got - strlen(got), "%s%s", got[0] ? "|" : "",
@@ -257,7 +248,7 @@ static int64_t published(const char *name)
 static void test_published_and_unpublished(void **state)
 {
     (void)state;
-    PQclear(run(other, "BEGIN", 0, NULL));
+    PQclear(h_run(other, "BEGIN", 0, NULL));
     emit_on(other, "st-open");
     emit_on(h_db(), "st-before");
     struct pos s = now_position();
@@ -270,12 +261,12 @@ static void test_published_and_unpublished(void **state)
     snprintf(max_id, sizeof max_id, "%lld", s.max_id);
     snprintf(through, sizeof through, "%s", id_of("st-through"));
     const char *params[6] = { s.snapshot, s.horizon, max_id, t.snapshot, t.horizon, through };
-    PQclear(run(h_db(), "BEGIN", 0, NULL));
-    PQclear(run(h_db(),
-                "UPDATE payq.relay_position SET snapshot = $1::pg_snapshot, horizon = $2::xid8,"
-                "       max_id = $3::bigint, target = $4::pg_snapshot, target_horizon = $5::xid8,"
-                "       through_id = $6::bigint",
-                6, params));
+    PQclear(h_run(h_db(), "BEGIN", 0, NULL));
+    PQclear(h_run(h_db(),
+                  "UPDATE payq.relay_position SET snapshot = $1::pg_snapshot, horizon = $2::xid8,"
+                  "       max_id = $3::bigint, target = $4::pg_snapshot, target_horizon = $5::xid8,"
+                  "       through_id = $6::bigint",
+                  6, params));
     assert_int_equal(published("st-before"), 1);
     assert_int_equal(published("st-through"), 1);
     assert_int_equal(published("st-past"), 0);
@@ -287,8 +278,8 @@ static void test_published_and_unpublished(void **state)
                "  FROM payq.outbox_unpublished() WHERE starts_with(body->>'id', $1)",
                1, pre),
         "past,after");
-    PQclear(run(h_db(), "ROLLBACK", 0, NULL));
-    PQclear(run(other, "ROLLBACK", 0, NULL));
+    PQclear(h_run(h_db(), "ROLLBACK", 0, NULL));
+    PQclear(h_run(other, "ROLLBACK", 0, NULL));
 }
 
 int main(void)

@@ -40,23 +40,14 @@ static void scratch_conninfo(void)
     PQconninfoFree(opts);
 }
 
-static PGresult *run(const char *sql, int n, const char *const *params)
-{
-    PGresult *r = PQexecParams(db, sql, n, NULL, params, NULL, NULL, 0);
-    ExecStatusType st = PQresultStatus(r);
-    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
-        fail_msg("%s\n%s", sql, PQresultErrorMessage(r));
-    return r;
-}
-
 static void exec_ok(const char *sql, int n, const char *const *params)
 {
-    PQclear(run(sql, n, params));
+    PQclear(h_run(db, sql, n, params));
 }
 
 static char *text_of(const char *sql, int n, const char *const *params)
 {
-    PGresult *r = run(sql, n, params);
+    PGresult *r = h_run(db, sql, n, params);
     char *v = strdup(PQntuples(r) && !PQgetisnull(r, 0, 0) ? PQgetvalue(r, 0, 0) : "(null)");
     PQclear(r);
     return v;
@@ -80,24 +71,6 @@ static void migrate(const char *dir)
     int st = system(cmd);
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
         fail_msg("migrate with %s failed", dir);
-}
-
-/* A command applied by the database, the way a worker's transaction does;
- * returns the reply's status. */
-static char *apply(const char *command, const char *body)
-{
-    const char *p[2] = { command, body };
-    return text_of("SELECT payq.apply_command(NULL, NULL, $1, $2::jsonb, NULL)"
-                   "         #>> '{reply,status}'",
-                   2, p);
-}
-
-static void expect_applied(const char *command, const char *body, const char *status)
-{
-    char *got = apply(command, body);
-    if (strcmp(got, status) != 0)
-        fail_msg("%s %s: %s, not %s", command, body, got, status);
-    free(got);
 }
 
 static int setup(void **state)
@@ -140,29 +113,24 @@ static void test_events_before_016(void **state)
     migrate(dir);
     expect_text("SELECT max(version) FROM payq.schema_migrations", 0, NULL, "15");
 
-    expect_applied("account.open",
-                   "{\"account\": \"w1\", \"currency\": \"USD\","
-                   " \"kind\": \"customer\"}",
-                   "succeeded");
-    expect_applied("account.open",
-                   "{\"account\": \"m1\", \"currency\": \"USD\","
-                   " \"kind\": \"merchant\"}",
-                   "succeeded");
-    expect_applied("account.deposit",
-                   "{\"deposit_id\": \"d1\", \"account\": \"w1\","
-                   " \"amount\": 1000, \"currency\": \"USD\"}",
-                   "succeeded");
+    h_apply(db, "account.open", "succeeded",
+            "{\"account\": \"w1\", \"currency\": \"USD\","
+            " \"kind\": \"customer\"}");
+    h_apply(db, "account.open", "succeeded",
+            "{\"account\": \"m1\", \"currency\": \"USD\","
+            " \"kind\": \"merchant\"}");
+    h_apply(db, "account.deposit", "succeeded",
+            "{\"deposit_id\": \"d1\", \"account\": \"w1\","
+            " \"amount\": 1000, \"currency\": \"USD\"}");
     /* p1 authorized only, p2 captured at once: both have history before. */
-    expect_applied("payment.create",
-                   "{\"payment_id\": \"p1\", \"amount\": 300,"
-                   " \"currency\": \"USD\", \"source\": \"w1\","
-                   " \"destination\": \"m1\", \"capture\": false}",
-                   "authorized");
-    expect_applied("payment.create",
-                   "{\"payment_id\": \"p2\", \"amount\": 200,"
-                   " \"currency\": \"USD\", \"source\": \"w1\","
-                   " \"destination\": \"m1\", \"capture\": true}",
-                   "succeeded");
+    h_apply(db, "payment.create", "authorized",
+            "{\"payment_id\": \"p1\", \"amount\": 300,"
+            " \"currency\": \"USD\", \"source\": \"w1\","
+            " \"destination\": \"m1\", \"capture\": false}");
+    h_apply(db, "payment.create", "succeeded",
+            "{\"payment_id\": \"p2\", \"amount\": 200,"
+            " \"currency\": \"USD\", \"source\": \"w1\","
+            " \"destination\": \"m1\", \"capture\": true}");
     expect_text("SELECT count(*) FROM payq.payment_events", 0, NULL, "2");
     /* The relay published everything so far. */
     exec_ok("UPDATE payq.relay_position SET snapshot = pg_current_snapshot(),"
@@ -179,11 +147,10 @@ static void test_events_before_016(void **state)
     free(outbox_before);
 
     /* p1's history goes on in the outbox, after its version 1. */
-    expect_applied("payment.capture", "{\"payment_id\": \"p1\"}", "succeeded");
-    expect_applied("payment.refund",
-                   "{\"refund_id\": \"r2\", \"payment_id\": \"p2\","
-                   " \"amount\": 50}",
-                   "succeeded");
+    h_apply(db, "payment.capture", "succeeded", "{\"payment_id\": \"p1\"}");
+    h_apply(db, "payment.refund", "succeeded",
+            "{\"refund_id\": \"r2\", \"payment_id\": \"p2\","
+            " \"amount\": 50}");
     expect_text("SELECT string_agg(payment_id || ' v' || version || ' ' || type, ', '"
                 "                  ORDER BY payment_id, version)"
                 "  FROM payq.payment_events",
